@@ -1,0 +1,48 @@
+"""Run-wide settings read once from the environment.
+
+- ``SMOKE``: true when ``SOFTQ_SMOKE=1`` (the test suite sets it). Smoke mode shrinks step counts, sample sizes
+  and training lengths through :func:`smoke`; it never skips a check.
+- ``DTYPE``: ``torch.float64``, the dtype of every exact computation in the book.
+- :func:`device`: CUDA when present (the Atari agents), else CPU.
+- ``ROOT``, ``FIGURES``, ``RESULTS``, ``BUILD``: the project's folders, wherever the notebook runs from.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TypeVar
+
+import torch
+
+T = TypeVar("T")
+
+SMOKE: bool = os.environ.get("SOFTQ_SMOKE", "0").strip().lower() in ("1", "true", "yes", "on")
+DTYPE: torch.dtype = torch.float64
+
+ROOT = Path(__file__).resolve().parent.parent
+FIGURES = ROOT / "figures"
+RESULTS = ROOT / "results"
+BUILD = ROOT / "build"
+
+
+def smoke(full: T, small: T) -> T:
+    """``small`` in smoke mode, ``full`` otherwise: ``n_samples = smoke(100_000, 2_000)``."""
+    return small if SMOKE else full
+
+
+def device(prefer: str | None = None) -> torch.device:
+    """The device to train on: ``prefer`` if given ("cpu", "cuda", "cuda:1"), else CUDA when available."""
+    if prefer is not None:
+        dev = torch.device(prefer)
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device: prefer={prefer!r} but CUDA is not available on this machine")
+        return dev
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def generator(seed: int) -> torch.Generator:
+    """A CPU torch generator with an explicit seed: every random draw in the book names its seed."""
+    if not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"generator: seed must be a non-negative int, got {seed!r}")
+    return torch.Generator().manual_seed(seed)
