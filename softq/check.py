@@ -143,7 +143,7 @@ def check(
     finite = bool(np.all(np.isfinite(g)) and np.all(np.isfinite(w)))
     residual = float(np.max(diff)) if diff.size and finite else (0.0 if finite else math.inf)
     holds = finite and bool(np.all(diff <= bound))
-    tol = f"{atol:.0e}" if rtol == 0 else f"{atol:.0e} + {rtol:.0e}|want|"
+    tol = f"{atol:.3g}" if rtol == 0 else f"{atol:.3g} + {rtol:.3g}|want|"
     rec = CheckRecord(_chapter(), label, None if eq is None else str(eq), "numeric", False, residual, tol,
                       erratum, dict(extra))
     return _finish(rec, holds, f"residual {residual:.3g} vs tolerance {tol} (shape {diff.shape})")
@@ -169,8 +169,8 @@ def check_le(
     residual = float(np.max(gap)) if finite else math.inf
     holds = finite and bool(np.all(gap <= atol))
     rec = CheckRecord(_chapter(), label, None if eq is None else str(eq), "inequality", False, residual,
-                      f"{atol:.0e}", erratum, dict(extra))
-    return _finish(rec, holds, f"max(lhs - rhs) = {residual:.3g} vs tolerance {atol:.0e}")
+                      f"{atol:.3g}", erratum, dict(extra))
+    return _finish(rec, holds, f"max(lhs - rhs) = {residual:.3g} vs tolerance {atol:.3g}")
 
 
 def check_sym(

@@ -1,0 +1,54 @@
+# softq: the executable textbook of Schulman, Chen & Abbeel (2017).
+#   make book   execute every chapter (full mode): build/notebooks, build/html, build/checks.json, figures/
+#   make test   ruff + unit tests + every chapter through nbval in smoke mode (what CI runs)
+#   make lab    JupyterLab with the .md chapters opening as notebooks
+# Each target creates .venv on first use and reuses it afterwards (delete .venv to start over).
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.softq-installed
+# Chapters run in the kernel of this .venv, whatever other kernels the machine has.
+export JUPYTER_PATH := $(CURDIR)/$(VENV)/share/jupyter
+export PYTHONHASHSEED := 0
+
+.PHONY: all book test lint unit nbval lab figures clean venv
+
+all: test
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml
+	@test -x $(PY) || { echo "creating $(VENV) with $$($(PYTHON) --version)"; $(PYTHON) -m venv $(VENV); }
+	$(PY) -m pip install --disable-pip-version-check -q -r requirements.txt
+	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (softq)" > /dev/null
+	@mkdir -p $(VENV)/share/jupyter/lab/settings
+	@cp tools/lab-overrides.json $(VENV)/share/jupyter/lab/settings/overrides.json
+	@touch $@
+
+book: $(STAMP)
+	$(PY) -m softq.book
+
+figures: book
+
+lint: $(STAMP)
+	$(PY) -m ruff check softq tests
+
+unit: $(STAMP)
+	$(PY) -m pytest tests -q
+
+# nbval reads .ipynb: convert each MyST chapter to a throwaway notebook under build/, then run it in smoke mode.
+nbval: $(STAMP)
+	@rm -rf build/nbval && mkdir -p build/nbval
+	@for f in notebooks/[0-9][0-9]_*.md; do \
+	  $(PY) -m jupytext --quiet --to ipynb -o build/nbval/$$(basename $${f%.md}).ipynb $$f || exit 1; done
+	SOFTQ_SMOKE=1 $(PY) -m pytest -q -p no:cacheprovider --nbval-lax --nbval-current-env \
+	  --nbval-cell-timeout=600 build/nbval
+
+test: lint unit nbval
+
+lab: $(STAMP)
+	$(VENV)/bin/jupyter lab --notebook-dir=notebooks
+
+clean:
+	rm -rf build

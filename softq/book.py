@@ -1,0 +1,180 @@
+"""Build the book: execute every chapter top to bottom in a fresh kernel, write notebooks, HTML and checks.
+
+Usage (``make book`` runs the first form)::
+
+    python -m softq.book                 # every chapter, full mode
+    python -m softq.book 01 02           # chapters whose name starts with 01 or 02
+    python -m softq.book --smoke         # SOFTQ_SMOKE=1 in the kernels (fast, every check still made)
+
+For each chapter ``notebooks/NN_topic.md`` (MyST Markdown, paired by jupytext) it writes
+``build/notebooks/NN_topic.ipynb`` (executed), ``build/html/NN_topic.html`` and ``build/checks/NN_topic.jsonl``
+(one JSON line per ``softq.check`` call, written by the kernel itself), then gathers every record into
+``build/checks.json`` and prints a table: chapter, seconds, checks passed, errata found.
+It exits non-zero if a chapter raises (a failed check raises), or if a chapter makes no check at all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from softq.config import BUILD, ROOT
+
+NOTEBOOKS = ROOT / "notebooks"
+KERNEL = "python3"  # the kernelspec every chapter names; `make` installs it into .venv (JUPYTER_PATH points there)
+
+
+@dataclass
+class ChapterResult:
+    name: str
+    seconds: float
+    checks: int
+    passed: int
+    errata: int
+    error: str | None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.checks > 0 and self.passed == self.checks
+
+
+def chapters(selection: list[str] | None = None) -> list[Path]:
+    """The chapter files ``notebooks/NN_*.md`` in order, optionally only those whose name starts with a prefix."""
+    found = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.md"))
+    if selection:
+        picked = [p for p in found if any(p.stem.startswith(s) for s in selection)]
+        missing = [s for s in selection if not any(p.stem.startswith(s) for p in found)]
+        if missing:
+            raise ValueError(f"chapters: no chapter matches {missing}; have {[p.stem for p in found]}")
+        return picked
+    return found
+
+
+def _read_records(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def run_chapter(md: Path, out: Path, smoke: bool, timeout: int) -> ChapterResult:
+    """Execute one chapter in a fresh kernel (cwd = notebooks/), write its notebook, HTML and check records."""
+    import jupytext
+    import nbformat
+    from jupyter_client.manager import KernelManager
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError
+    from nbconvert import HTMLExporter
+
+    name = md.stem
+    for sub in ("notebooks", "html", "checks"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    records_file = out / "checks" / f"{name}.jsonl"
+    records_file.unlink(missing_ok=True)
+
+    nb = jupytext.read(md)
+    nb.metadata.setdefault("kernelspec", {"name": KERNEL, "display_name": "Python 3 (softq)", "language": "python"})
+    # The kernel inherits this process's environment: that is how the chapter learns its name and record file.
+    os.environ["SOFTQ_CHAPTER"] = name
+    os.environ["SOFTQ_CHECKS_FILE"] = str(records_file)
+    os.environ["SOFTQ_SMOKE"] = "1" if smoke else "0"
+    os.environ.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
+    # IPC transport: the kernel talks to us over local sockets in build/, not over TCP ports.
+    sockets = tempfile.mkdtemp(prefix="softq-kernel-")
+    km = KernelManager(kernel_name=KERNEL, transport="ipc", ip=os.path.join(sockets, "k"))
+    client = NotebookClient(nb, km=km, timeout=timeout, kernel_name=KERNEL,
+                            resources={"metadata": {"path": str(NOTEBOOKS)}})
+    error = None
+    start = time.perf_counter()
+    try:
+        client.execute()
+    except CellExecutionError as err:
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(err)).strip()  # drop the traceback's terminal colours
+        error = text.splitlines()[-1] if text else repr(err)
+    except Exception as err:  # a dead kernel or a timeout: report it as the chapter's failure
+        error = f"{type(err).__name__}: {err}"
+    finally:
+        if km.has_kernel:
+            km.shutdown_kernel(now=False)
+        shutil.rmtree(sockets, ignore_errors=True)
+    seconds = time.perf_counter() - start
+
+    nbformat.write(nb, out / "notebooks" / f"{name}.ipynb")
+    html, _ = HTMLExporter(template_name="lab").from_notebook_node(nb)
+    (out / "html" / f"{name}.html").write_text(html, encoding="utf-8")
+
+    recs = _read_records(records_file)
+    if error is None and not recs:
+        error = "the chapter made no check(...): every chapter verifies what it claims"
+    return ChapterResult(name, seconds, len(recs), sum(r["passed"] for r in recs),
+                         len({(r["eq"], r["erratum"]) for r in recs if r["erratum"] and r["passed"]}), error)
+
+
+def write_checks_json(out: Path, results: list[ChapterResult], smoke: bool) -> Path:
+    """Gather every chapter's records into ``build/checks.json``: a summary per chapter and all records."""
+    records = []
+    for r in results:
+        records.extend(_read_records(out / "checks" / f"{r.name}.jsonl"))
+    doc = {
+        "smoke": smoke,
+        "chapters": [
+            {"chapter": r.name, "seconds": round(r.seconds, 2), "checks": r.checks, "passed": r.passed,
+             "errata": r.errata, "error": r.error}
+            for r in results
+        ],
+        "records": records,
+    }
+    path = out / "checks.json"
+    path.write_text(json.dumps(doc, indent=1, default=str), encoding="utf-8")
+    return path
+
+
+def table(results: list[ChapterResult]) -> str:
+    """The summary ``make book`` prints."""
+    rows = [f"{'chapter':<28} {'seconds':>8} {'checks passed':>14} {'errata found':>13}  status"]
+    for r in results:
+        status = "ok" if r.ok else f"FAILED: {r.error or 'a check failed'}"
+        rows.append(f"{r.name:<28} {r.seconds:>8.1f} {f'{r.passed}/{r.checks}':>14} {r.errata:>13}  {status}")
+    total = sum(r.seconds for r in results)
+    rows.append(f"{'total':<28} {total:>8.1f} {sum(r.passed for r in results):>7}/{sum(r.checks for r in results):<6}"
+                f" {sum(r.errata for r in results):>13}")
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m softq.book", description=__doc__.split("\n\n")[0])
+    ap.add_argument("select", nargs="*", help="chapter name prefixes (default: all)")
+    ap.add_argument("--smoke", action="store_true", help="run the chapters in smoke mode (SOFTQ_SMOKE=1)")
+    ap.add_argument("--out", type=Path, default=BUILD, help="output folder (default: build/)")
+    ap.add_argument("--timeout", type=int, default=1800, help="seconds allowed per cell (default: 1800)")
+    args = ap.parse_args(argv)
+    if args.timeout <= 0:
+        ap.error(f"--timeout must be > 0, got {args.timeout}")
+    try:
+        todo = chapters(args.select)
+    except ValueError as err:
+        ap.error(str(err))
+    if not todo:
+        print(f"no chapters found in {NOTEBOOKS}", file=sys.stderr)
+        return 1
+
+    results = []
+    for md in todo:
+        print(f"running {md.name} ({'smoke' if args.smoke else 'full'} mode) ...", flush=True)
+        results.append(run_chapter(md, args.out, args.smoke, args.timeout))
+    path = write_checks_json(args.out, results, args.smoke)
+    print()
+    print(table(results))
+    print(f"\nexecuted notebooks: {args.out / 'notebooks'}   HTML: {args.out / 'html'}   checks: {path}")
+    return 0 if all(r.ok for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,74 @@
+"""softq.book: a chapter is executed in a fresh kernel, its checks recorded, and a false check fails the build."""
+
+import json
+import textwrap
+
+import pytest
+
+from softq import book
+
+HEADER = textwrap.dedent("""\
+    ---
+    jupytext:
+      text_representation:
+        extension: .md
+        format_name: myst
+        format_version: 0.13
+    kernelspec:
+      display_name: Python 3 (softq)
+      language: python
+      name: python3
+    ---
+    """)
+
+
+def _chapter(tmp_path, name, code):
+    md = tmp_path / f"{name}.md"
+    md.write_text(HEADER + f"\n# {name}\n\n```{{code-cell}} ipython3\n{textwrap.dedent(code)}\n```\n")
+    return md
+
+
+@pytest.fixture
+def out(tmp_path, monkeypatch):
+    for var in ("SOFTQ_CHAPTER", "SOFTQ_CHECKS_FILE", "SOFTQ_SMOKE"):
+        monkeypatch.delenv(var, raising=False)  # run_chapter sets them for the kernel; restore afterwards
+    return tmp_path / "build"
+
+
+def test_chapter_checks_are_recorded_and_gathered(tmp_path, out):
+    md = _chapter(tmp_path, "90_good", """\
+        from softq.check import check
+        from softq.config import SMOKE
+        check("one plus one", 1 + 1, 2, eq=1)
+        check("typed wrongly", 3, 2, eq=2, erratum="3 is not 2")
+        check("the kernel sees smoke mode", float(SMOKE), 1.0)
+        """)
+    res = book.run_chapter(md, out, smoke=True, timeout=120)
+    assert res.ok, res.error
+    assert (res.checks, res.passed, res.errata) == (3, 3, 1)
+    assert (out / "notebooks" / "90_good.ipynb").exists() and (out / "html" / "90_good.html").exists()
+    doc = json.loads(book.write_checks_json(out, [res], smoke=True).read_text())
+    assert [r["label"] for r in doc["records"]] == ["one plus one", "typed wrongly", "the kernel sees smoke mode"]
+    assert doc["records"][0]["chapter"] == "90_good" and doc["records"][1]["erratum"] == "3 is not 2"
+    assert "90_good" in book.table([res]) and "ok" in book.table([res])
+
+
+def test_a_false_check_fails_the_chapter(tmp_path, out):
+    md = _chapter(tmp_path, "91_bad", """\
+        from softq.check import check
+        check("a false claim", 1.0, 2.0)
+        """)
+    res = book.run_chapter(md, out, smoke=False, timeout=120)
+    assert not res.ok
+    assert "a false claim" in res.error and "AssertionError" in res.error
+    assert "FAILED" in book.table([res])
+
+
+def test_a_chapter_without_checks_fails(tmp_path, out):
+    res = book.run_chapter(_chapter(tmp_path, "92_silent", "x = 1"), out, smoke=False, timeout=120)
+    assert not res.ok and "no check" in res.error
+
+
+def test_unknown_chapter_selection_is_named():
+    with pytest.raises(ValueError, match="no chapter matches"):
+        book.chapters(["99_not_a_chapter"])
