@@ -114,7 +114,7 @@ def run_chapter(md: Path, out: Path, smoke: bool, timeout: int) -> ChapterResult
     if error is None and not recs:
         error = "the chapter made no check(...): every chapter verifies what it claims"
     return ChapterResult(name, seconds, len(recs), sum(r["passed"] for r in recs),
-                         len({(r["eq"], r["erratum"]) for r in recs if r["erratum"] and r["passed"]}), error)
+                         len({r["eq"] or r["label"] for r in recs if r["erratum"] and r["passed"]}), error)
 
 
 def write_checks_json(out: Path, results: list[ChapterResult], smoke: bool) -> Path:
