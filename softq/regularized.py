@@ -26,6 +26,10 @@ __all__ = [
     "boltzmann_policy",
     "kl",
     "entropy",
+    "policy_value",
+    "discounted_sum",
+    "n_step_soft_return",
+    "td_errors",
 ]
 
 _DIST_ATOL = 1e-6
@@ -129,3 +133,176 @@ def entropy(pi: torch.Tensor) -> torch.Tensor:
     """
     validate_distribution(pi.detach(), "pi")
     return -torch.xlogy(pi, pi).sum(-1)
+
+
+def policy_value(q: torch.Tensor, pi: torch.Tensor, tau: float, pi_bar: torch.Tensor | None = None) -> torch.Tensor:
+    """``E_{a~pi}[Q(a)] - tau * D_KL[pi || pi_bar]``: the objective maximized in eq (27).
+
+    It is the right side of eq (26) (with ``Q = Q^pi`` it equals ``V^pi``), of eq (31) (at ``pi = pi^B_Q`` it equals
+    ``V_Q``), the inner bracket of eqs (33) and (38), and, for a bandit, eq (13).
+    Shapes: ``q: [..., A]``, ``pi: [..., A]`` (broadcastable) -> ``[...]``.
+    """
+    tau = validate_tau(tau)
+    if q.ndim == 0 or pi.ndim == 0 or q.shape[-1] != pi.shape[-1]:
+        raise ValueError(f"q and pi must share their last (action) axis, got q {tuple(q.shape)}, pi {tuple(pi.shape)}")
+    return (pi * q).sum(-1) - tau * kl(pi, pi_bar)
+
+
+# --- Sample-based targets on rollouts ----------------------------------------------------------------------------
+#
+# A rollout has time on the first axis: ``[T, ...]`` (``[T, B]`` for B parallel environments). Step t is
+# (s_t, a_t, r_t, s_{t+1}); ``dones[t] = 1`` when the episode terminated on that step, i.e. s_{t+1} is terminal
+# (its value is 0, and no later reward or KL belongs to this episode). A time-limit cut is *not* a termination:
+# pass ``dones[t] = 0`` there and bootstrap from the value of the cut-off state.
+
+
+def _as_mask(dones: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``1 - dones`` as a float tensor of ``like``'s dtype, after checking shape and 0/1 entries."""
+    if not isinstance(dones, torch.Tensor) or dones.shape != like.shape:
+        shape = tuple(dones.shape) if isinstance(dones, torch.Tensor) else type(dones).__name__
+        raise ValueError(f"dones must be a tensor of shape {tuple(like.shape)} (like rewards), got {shape}")
+    d = dones.to(like.dtype)
+    if not torch.all((d == 0) | (d == 1)):
+        raise ValueError("dones must hold only 0/1 (or bool) entries")
+    return 1 - d
+
+
+def _rollout_tail(tail: torch.Tensor, like: torch.Tensor, name: str) -> tuple[torch.Tensor, bool]:
+    """Return ``(tail as [T, ...], per_step)``: a per-step ``[T, ...]`` tensor is kept; a final ``[...]`` one is
+    placed at ``T - 1`` (zeros before it, which the caller must never read)."""
+    if not isinstance(tail, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(tail).__name__}")
+    tail = tail.to(like.dtype)
+    if tail.shape == like.shape:
+        return tail, True
+    if tail.shape == like.shape[1:]:
+        full = torch.zeros_like(like)
+        full[-1] = tail
+        return full, False
+    raise ValueError(
+        f"{name} must have shape {tuple(like.shape)} (one value per step) or {tuple(like.shape[1:])} "
+        f"(the value after the last step), got {tuple(tail.shape)}"
+    )
+
+
+def _check_rollout(rewards: torch.Tensor, kls: torch.Tensor | None) -> torch.Tensor:
+    if not isinstance(rewards, torch.Tensor) or rewards.ndim == 0 or rewards.shape[0] == 0:
+        raise ValueError("rewards must be a tensor of shape [T, ...] with T >= 1 (time on the first axis)")
+    if kls is not None and (not isinstance(kls, torch.Tensor) or kls.shape != rewards.shape):
+        shape = tuple(kls.shape) if isinstance(kls, torch.Tensor) else type(kls).__name__
+        raise ValueError(f"kls must have the shape of rewards {tuple(rewards.shape)}, got {shape}")
+    return rewards if rewards.is_floating_point() else rewards.to(torch.get_default_dtype())
+
+
+def _check_n(n: int | None, horizon: int, per_step: bool, tail_name: str) -> int:
+    if n is None:
+        return horizon
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be a positive int or None (to the end of the rollout), got {n!r}")
+    if not per_step and n < horizon:
+        raise ValueError(
+            f"n={n} < T={horizon} needs a value after every step: pass {tail_name} of shape [T, ...], not [...]"
+        )
+    return min(n, horizon)
+
+
+def _truncated_discounted_sum(c, tail, not_done, discount, steps):
+    """``sum_{d<m} discount^d c[t+d] + discount^m tail[t+m-1]``, ``m = min(steps, T - t)``, cut at episode ends.
+
+    To the end of the rollout (``steps = T``) this is the backward recursion
+    ``G[t] = c[t] + discount * (1 - dones[t]) * G[t+1]``, ``G[T] = tail[T-1]``: T steps of size B. For a shorter
+    lookahead it is built by ``steps`` sweeps of the same recursion, each vectorized over time.
+    """
+    horizon = c.shape[0]
+    if steps >= horizon:
+        out = torch.empty_like(c)
+        g = tail[-1]
+        for t in reversed(range(horizon)):
+            g = c[t] + discount * not_done[t] * g
+            out[t] = g
+        return out
+    after = tail  # after[t]: what follows step t in the current sweep (the bootstrap, in the first)
+    for _ in range(steps):
+        g = c + discount * not_done * after
+        after = torch.cat([g[1:], tail[-1:]], dim=0)
+    return g
+
+
+def discounted_sum(x: torch.Tensor, dones: torch.Tensor, discount: float, n: int | None = None) -> torch.Tensor:
+    """``sum_{d=0}^{m-1} discount^d x[t+d]`` for every t, cut after a ``dones`` step and at the rollout's end.
+
+    ``m = min(n, T - t)`` (``n=None``: to the end of the rollout). With ``x = td_errors(...)`` and
+    ``discount = gamma * lambda`` this is the TD(lambda) sum of eq (43) (the corrected form
+    ``tau KL_t + V(s_t) + discounted_sum(delta, dones, gamma * lambda)``); with ``discount = gamma`` and
+    ``n`` steps, ``V(s_t) + discounted_sum(delta, dones, gamma, n)`` is the n-step target of eqs (37), (47), (54).
+    Shapes: ``x, dones: [T, ...]`` -> ``[T, ...]``.
+    """
+    x = _check_rollout(x, None)
+    discount = validate_gamma(discount, "discount")
+    not_done = _as_mask(dones, x)
+    steps = _check_n(n, x.shape[0], True, "x")
+    return _truncated_discounted_sum(x, torch.zeros_like(x), not_done, discount, steps)
+
+
+def n_step_soft_return(
+    rewards: torch.Tensor,
+    kls: torch.Tensor | None,
+    bootstrap: torch.Tensor,
+    dones: torch.Tensor,
+    gamma: float,
+    tau: float,
+    n: int | None = None,
+) -> torch.Tensor:
+    """The n-step entropy-augmented return from every step of a rollout: eqs (34), (41), (46), (54), (80).
+
+    ``G_t = sum_{d=0}^{m-1} gamma^d (r_{t+d} - tau KL_{t+d}) + gamma^m V(s_{t+m})``, ``m = min(n, T - t)``;
+    if the episode terminates at a step t + d < t + m, the sum stops after that step and nothing is bootstrapped.
+
+    Args:
+        rewards: ``[T, ...]``, ``rewards[t] = r_t``, the reward for action a_t in state s_t.
+        kls: ``[T, ...]``, ``kls[t] = KL_t = D_KL[pi(.|s_t) || pi_bar(.|s_t)]`` of the acting policy at s_t; ``None``
+            for a plain return (no penalty: the "naive" return of eq (79)).
+        bootstrap: ``[T, ...]`` with ``bootstrap[t] = V(s_{t+1})``, the value of the state after step t (its
+            entries at ``dones`` steps are ignored); or ``[...]``, ``V(s_T)`` after the last step only, which
+            suffices when ``n`` is ``None`` or ``>= T`` (the A2C case).
+        dones: ``[T, ...]`` 0/1 or bool, ``dones[t] = 1`` if the episode terminated on step t (s_{t+1} terminal).
+        gamma: discount in [0, 1].  tau: temperature > 0 (multiplies ``kls``).
+        n: the lookahead; ``None`` means to the end of the rollout.
+
+    Returns ``[T, ...]``. The soft Q-learning target of eq (46) is ``tau * kls + n_step_soft_return(...)``.
+    """
+    rewards = _check_rollout(rewards, kls)
+    gamma, tau = validate_gamma(gamma), validate_tau(tau)
+    not_done = _as_mask(dones, rewards)
+    tail, per_step = _rollout_tail(bootstrap, rewards, "bootstrap")
+    steps = _check_n(n, rewards.shape[0], per_step, "bootstrap")
+    c = rewards if kls is None else rewards - tau * kls
+    return _truncated_discounted_sum(c, tail, not_done, gamma, steps)
+
+
+def td_errors(
+    rewards: torch.Tensor,
+    kls: torch.Tensor | None,
+    values: torch.Tensor,
+    bootstrap: torch.Tensor,
+    dones: torch.Tensor,
+    gamma: float,
+    tau: float,
+) -> torch.Tensor:
+    """Bellman errors ``delta_t = (r_t - tau KL_t) + gamma V(s_{t+1}) - V(s_t)``: eqs (36), (43), (47).
+
+    ``V(s_{t+1})`` is taken as 0 where ``dones[t] = 1``. Args as :func:`n_step_soft_return`, plus
+    ``values: [T, ...]``, ``values[t] = V(s_t)``. ``bootstrap`` is ``[T, ...]`` (``V(s_{t+1})`` per step) or
+    ``[...]`` (``V(s_T)`` only; then ``V(s_{t+1}) = values[t+1]`` inside the rollout). For the Boltzmann backup
+    (eq 43) pass ``V = V_Q`` and the KL of ``pi^B_Q``. Returns ``[T, ...]``.
+    """
+    rewards = _check_rollout(rewards, kls)
+    gamma, tau = validate_gamma(gamma), validate_tau(tau)
+    if not isinstance(values, torch.Tensor) or values.shape != rewards.shape:
+        shape = tuple(values.shape) if isinstance(values, torch.Tensor) else type(values).__name__
+        raise ValueError(f"values must have the shape of rewards {tuple(rewards.shape)}, got {shape}")
+    not_done = _as_mask(dones, rewards)
+    tail, per_step = _rollout_tail(bootstrap, rewards, "bootstrap")
+    next_values = tail if per_step else torch.cat([values[1:], tail[-1:]], dim=0)
+    c = rewards if kls is None else rewards - tau * kls
+    return c + gamma * not_done * next_values - values
