@@ -35,8 +35,9 @@ from softq.regularized import (
     boltzmann_policy,
     kl,
     log_boltzmann_policy,
-    log_reference,
+    policy_value,
     soft_value,
+    validate_count,
     validate_distribution,
     validate_tau,
 )
@@ -51,7 +52,6 @@ __all__ = [
     "ActionValueMLP",
     "SoftQuantities",
     "soft_quantities",
-    "q_from_value_and_policy",
     "SoftJacobians",
     "soft_jacobians",
     "AffineEstimator",
@@ -71,12 +71,6 @@ __all__ = [
 # ----------------------------------------------------------------------------------------------------------------
 # Instances
 # ----------------------------------------------------------------------------------------------------------------
-
-
-def _positive_int(x: int, name: str) -> int:
-    if isinstance(x, bool) or not isinstance(x, int) or x < 1:
-        raise ValueError(f"{name} must be a positive int, got {x!r}")
-    return x
 
 
 def _vector(x: torch.Tensor, name: str, n: int | None = None) -> torch.Tensor:
@@ -132,7 +126,7 @@ def random_bandit(
         noise: typical reward noise standard deviation (>= 0).
         uniform_reference: use ``pi_bar = 1/A`` instead of a Dirichlet draw.
     """
-    n_actions = _positive_int(n_actions, "n_actions")
+    n_actions = validate_count(n_actions, "n_actions")
     reward_scale = validate_tau(reward_scale, "reward_scale")
     if not (isinstance(noise, int | float) and math.isfinite(noise) and noise >= 0):
         raise ValueError(f"noise must be a finite number >= 0, got {noise!r}")
@@ -155,8 +149,8 @@ def random_policies(
     Drawn as normalized Gamma variates, floored at 1e-300 so every entry stays > 0 (log pi is finite). torch's
     public Gamma sampler takes no generator, so the draw is numpy's, seeded from ``gen`` (same gen, same policies).
     """
-    n = _positive_int(n, "n")
-    n_actions = _positive_int(n_actions, "n_actions")
+    n = validate_count(n, "n")
+    n_actions = validate_count(n_actions, "n_actions")
     concentration = validate_tau(concentration, "concentration")
     seed = int(torch.randint(0, 2**63 - 1, (1,), generator=gen))
     g = np.random.default_rng(seed).standard_gamma(concentration, size=(n, n_actions))
@@ -173,8 +167,8 @@ def sample(
     (``reps`` independent batches, e.g. for a Monte Carlo error study).
     """
     pi = validate_distribution(_vector(pi, "pi", bandit.n_actions), "pi")
-    n = _positive_int(n, "n")
-    rows = 1 if reps is None else _positive_int(reps, "reps")
+    n = validate_count(n, "n")
+    rows = 1 if reps is None else validate_count(reps, "reps")
     actions = torch.multinomial(pi.expand(rows, -1), n, replacement=True, generator=gen)
     noise = torch.randn(rows, n, generator=gen, dtype=DTYPE)
     rewards = bandit.r_bar[actions] + bandit.sigma[actions] * noise
@@ -200,8 +194,9 @@ def eta(pi: torch.Tensor, bandit: Bandit, tau: float) -> torch.Tensor:
 
     Exact, by enumeration over actions. ``pi: [..., A]`` -> ``[...]``; differentiable in ``pi`` where ``pi > 0``.
     """
-    tau = validate_tau(tau)
-    return expected_reward(pi, bandit) - tau * kl(pi, bandit.pi_bar)
+    if pi.shape[-1] != bandit.n_actions:
+        raise ValueError(f"pi has {pi.shape[-1]} actions but the bandit has {bandit.n_actions}")
+    return policy_value(bandit.r_bar, pi, tau, bandit.pi_bar)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -219,9 +214,9 @@ class ActionValueMLP:
     """
 
     def __init__(self, n_actions: int, *, n_features: int = 4, hidden: int = 8, seed: int = 0) -> None:
-        self.n_actions = _positive_int(n_actions, "n_actions")
-        self.n_features = _positive_int(n_features, "n_features")
-        self.hidden = _positive_int(hidden, "hidden")
+        self.n_actions = validate_count(n_actions, "n_actions")
+        self.n_features = validate_count(n_features, "n_features")
+        self.hidden = validate_count(hidden, "hidden")
         self.features = torch.randn(self.n_actions, self.n_features, generator=generator(seed), dtype=DTYPE)
         self.n_params = self.hidden * self.n_features + 2 * self.hidden + 1
 
@@ -271,17 +266,6 @@ def soft_quantities(q: torch.Tensor, tau: float, pi_bar: torch.Tensor | None) ->
     log_pi = log_boltzmann_policy(q, tau, pi_bar)
     pi = log_pi.exp()
     return SoftQuantities(q, soft_value(q, tau, pi_bar), log_pi, pi, kl(pi, pi_bar))
-
-
-def q_from_value_and_policy(
-    v: torch.Tensor, log_pi: torch.Tensor, tau: float, pi_bar: torch.Tensor | None
-) -> torch.Tensor:
-    """Eq (14): ``q(a) = v + tau log(pi^B(a) / pi_bar(a))``; ``v: []``, ``log_pi: [A]`` -> ``[A]``.
-
-    (Eq 12 solved for ``q``.) Defined where ``pi_bar(a) > 0``.
-    """
-    tau = validate_tau(tau)
-    return v + tau * (log_pi - log_reference(log_pi, pi_bar))
 
 
 @dataclass(frozen=True)
@@ -496,7 +480,7 @@ def convergence_study(
     ``rmse(N) = sqrt(mean over reps of ||estimate - exact||^2)``, with ``reps`` independent batches of ``N`` samples
     drawn with ``a ~ pi`` from one generator seeded ``seed``. The CLT predicts ``rmse(N) = sqrt(sum_p std_p^2 / N)``.
     """
-    reps = _positive_int(reps, "reps")
+    reps = validate_count(reps, "reps")
     if len(ns) < 2:
         raise ValueError(f"ns must hold at least two sample sizes, got {list(ns)!r}")
     gen = generator(seed)

@@ -19,11 +19,13 @@ import torch
 __all__ = [
     "validate_tau",
     "validate_gamma",
+    "validate_count",
     "validate_distribution",
     "log_reference",
     "soft_value",
     "log_boltzmann_policy",
     "boltzmann_policy",
+    "q_from_value_and_policy",
     "kl",
     "entropy",
     "policy_value",
@@ -55,6 +57,13 @@ def validate_gamma(gamma: float, name: str = "gamma") -> float:
     if not (0.0 <= g <= 1.0):
         raise ValueError(f"{name} must lie in [0, 1], got {gamma!r}")
     return g
+
+
+def validate_count(x: int, name: str, minimum: int = 1) -> int:
+    """Return ``x`` if it is an int (not a bool) >= ``minimum``, else raise ValueError naming it."""
+    if isinstance(x, bool) or not isinstance(x, int) or x < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {x!r}")
+    return x
 
 
 def validate_distribution(p: torch.Tensor, name: str = "pi_bar", atol: float = _DIST_ATOL) -> torch.Tensor:
@@ -113,6 +122,18 @@ def boltzmann_policy(q: torch.Tensor, tau: float, pi_bar: torch.Tensor | None = 
     Eqs (2) (bandit, with r-bar), (10), (28) (MDP) and (56) (parametrized Q). Shapes: ``[..., A]`` -> ``[..., A]``.
     """
     return log_boltzmann_policy(q, tau, pi_bar).exp()
+
+
+def q_from_value_and_policy(
+    v: torch.Tensor, log_pi: torch.Tensor, tau: float, pi_bar: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``Q(a) = V + tau log(pi(a) / pi_bar(a))``: eqs (14), (57), and the dueling head of Section 6.3.
+
+    Eq (12)/(30) solved for ``Q``: when ``pi = pi^B_Q`` and ``V = V_Q`` it returns ``Q`` itself. Defined where
+    ``pi_bar(a) > 0``. Shapes: ``v: [...]``, ``log_pi: [..., A]`` -> ``[..., A]``.
+    """
+    tau = validate_tau(tau)
+    return v[..., None] + tau * (log_pi - log_reference(log_pi, pi_bar))
 
 
 def kl(pi: torch.Tensor, pi_bar: torch.Tensor | None = None) -> torch.Tensor:

@@ -30,6 +30,7 @@ from softq.regularized import (
     kl,
     policy_value,
     soft_value,
+    validate_count,
     validate_distribution,
     validate_gamma,
     validate_tau,
@@ -133,12 +134,6 @@ class MDP:
         return self.R * self.live[:, None]
 
 
-def _count(x: int, name: str, minimum: int = 1) -> int:
-    if isinstance(x, bool) or not isinstance(x, int) or x < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {x!r}")
-    return x
-
-
 def random_mdp(
     n_states: int,
     n_actions: int,
@@ -158,8 +153,8 @@ def random_mdp(
     ``p_end = (low, high)`` draws that probability per ``(s, a)`` uniformly from ``[low, high]``, so that how long
     an episode lasts depends on the policy. Seeded by ``numpy.random.default_rng(seed)``.
     """
-    n_states, n_actions = _count(n_states, "n_states"), _count(n_actions, "n_actions")
-    n_terminal = _count(n_terminal, "n_terminal", 0)
+    n_states, n_actions = validate_count(n_states, "n_states"), validate_count(n_actions, "n_actions")
+    n_terminal = validate_count(n_terminal, "n_terminal", 0)
     if n_terminal >= n_states:
         raise ValueError(f"n_terminal must be < n_states={n_states}, got {n_terminal}")
     low, high = (p_end, p_end) if isinstance(p_end, int | float) else tuple(p_end)
@@ -190,7 +185,7 @@ def random_mdp(
 
 def random_policy(n_states: int, n_actions: int, seed: int, concentration: float = 1.0) -> torch.Tensor:
     """``[S, A]``: each row ``~ Dirichlet(concentration)`` (small concentration: near-deterministic policies)."""
-    n_states, n_actions = _count(n_states, "n_states"), _count(n_actions, "n_actions")
+    n_states, n_actions = validate_count(n_states, "n_states"), validate_count(n_actions, "n_actions")
     if not concentration > 0:
         raise ValueError(f"concentration must be > 0, got {concentration!r}")
     rng = np.random.default_rng(seed)
@@ -299,7 +294,7 @@ def backup_q(mdp: MDP, pi: torch.Tensor, q: torch.Tensor, tau: float,
 
 
 def _n_times(step: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, n: int) -> torch.Tensor:
-    for _ in range(_count(n, "n", 0)):
+    for _ in range(validate_count(n, "n", 0)):
         x = step(x)
     return x
 
@@ -308,7 +303,7 @@ def backup_q_powers(mdp: MDP, pi: torch.Tensor, q: torch.Tensor, n: int, tau: fl
                     pi_bar: torch.Tensor | None = None) -> torch.Tensor:
     """``[Q, T_pi Q, T_pi^2 Q, ..., T_pi^n Q]`` stacked: ``[n + 1, ..., S, A]`` (for series such as eq 42)."""
     out = [_values(mdp, q, "q", action_axis=True)]
-    for _ in range(_count(n, "n", 0)):
+    for _ in range(validate_count(n, "n", 0)):
         out.append(backup_q(mdp, pi, out[-1], tau, pi_bar))
     return torch.stack(out)
 
@@ -406,7 +401,7 @@ def soft_value_iteration(mdp: MDP, tau: float, pi_bar: torch.Tensor | None = Non
     validate_tau(tau)
     q = torch.zeros(mdp.n_states, mdp.n_actions, dtype=DTYPE) if q0 is None else _values(mdp, q0, "q0", True)
     residuals: list[float] = []
-    for k in range(_count(max_iter, "max_iter")):
+    for k in range(validate_count(max_iter, "max_iter")):
         q_next = boltzmann_backup(mdp, q, tau, pi_bar)
         residuals.append((q_next - q).abs().max().item())
         q = q_next
@@ -428,7 +423,7 @@ def soft_policy_iteration(mdp: MDP, tau: float, pi_bar: torch.Tensor | None = No
         pi = pi_bar_checked.expand(mdp.n_states, mdp.n_actions).clone()
     q = q_pi(mdp, pi, tau, pi_bar)
     residuals: list[float] = []
-    for k in range(_count(max_iter, "max_iter")):
+    for k in range(validate_count(max_iter, "max_iter")):
         pi = boltzmann_policy(q, tau, pi_bar_checked)
         q_next = q_pi(mdp, pi, tau, pi_bar)
         residuals.append((q_next - q).abs().max().item())
@@ -459,7 +454,7 @@ def trajectory_expectations(mdp: MDP, pi: torch.Tensor, f: torch.Tensor, horizon
     if e.ndim != 2:
         raise ValueError(f"f must have shape [S, A] or [S], got {tuple(f.shape)}")
     out = [e]
-    for _ in range(_count(horizon, "horizon", 0)):
+    for _ in range(validate_count(horizon, "horizon", 0)):
         e = torch.einsum("sat,t->sa", mdp.P_live, (pi * e).sum(-1))
         out.append(e)
     stacked = torch.stack(out)
@@ -474,7 +469,7 @@ def expected_discounted_sum(mdp: MDP, pi: torch.Tensor, f: torch.Tensor, n: int,
     Returns ``[S, A]`` (``given="state_action"``) or ``[S]`` (``given="state"``); ``n = 0`` gives zeros.
     """
     discount = mdp.gamma if discount is None else validate_gamma(discount, "discount")
-    if _count(n, "n", 0) == 0:
+    if validate_count(n, "n", 0) == 0:
         shape = (mdp.n_states, mdp.n_actions) if given == "state_action" else (mdp.n_states,)
         return torch.zeros(shape, dtype=DTYPE)
     e = trajectory_expectations(mdp, pi, f, n - 1, given)
@@ -508,7 +503,7 @@ def sample_rollout(mdp: MDP, pi: torch.Tensor, start: torch.Tensor, horizon: int
     a terminal state restarts from its start state, as a vectorized environment does. Seeded by ``seed``.
     """
     pi = _policy(mdp, pi)
-    horizon = _count(horizon, "horizon")
+    horizon = validate_count(horizon, "horizon")
     start = torch.as_tensor(start, dtype=torch.long)
     if start.ndim != 1 or bool((start < 0).any()) or bool((start >= mdp.n_states).any()):
         raise ValueError(f"start must be a [B] tensor of states in [0, {mdp.n_states}), got {start!r}")

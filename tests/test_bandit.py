@@ -10,7 +10,7 @@ from torch.func import grad
 
 import softq.bandit as bd
 from softq.config import DTYPE, generator
-from softq.regularized import boltzmann_policy, kl, log_boltzmann_policy, soft_value
+from softq.regularized import boltzmann_policy, kl, log_boltzmann_policy, q_from_value_and_policy, soft_value
 
 TAU = 0.7
 seeds = st.integers(0, 10_000)
@@ -205,7 +205,7 @@ def test_eq13_eq14_identities(n, seed, tau):
     b, net, theta = _setup(n, seed)
     s = bd.soft_quantities(net(theta), tau, b.pi_bar)
     assert torch.allclose(s.v, (s.pi * s.q).sum() - tau * s.kl, atol=1e-12, rtol=0)
-    assert torch.allclose(bd.q_from_value_and_policy(s.v, s.log_pi, tau, b.pi_bar), s.q, atol=1e-12, rtol=0)
+    assert torch.allclose(q_from_value_and_policy(s.v, s.log_pi, tau, b.pi_bar), s.q, atol=1e-12, rtol=0)
 
 
 @settings(max_examples=30, deadline=None)

@@ -209,3 +209,14 @@ def test_rollout_targets_reject_bad_arguments():
         td_errors(rewards, kls, nv[:2], nv[-1], dones, 0.9, 1.0)
     with pytest.raises(ValueError, match="discount"):
         discounted_sum(rewards, dones, -0.1)
+
+
+def test_q_from_value_and_policy_inverts_the_boltzmann_policy_in_batches():
+    """Eq (57): Q = V_Q + tau log(pi^B_Q / pi_bar) on a [B, S, A] batch, with a per-state reference policy."""
+    from softq.regularized import q_from_value_and_policy
+
+    g = torch.Generator().manual_seed(3)
+    q = 5 * torch.randn(2, 3, 4, generator=g, dtype=torch.float64)
+    pi_bar = torch.softmax(torch.randn(3, 4, generator=g, dtype=torch.float64), -1)
+    back = q_from_value_and_policy(soft_value(q, 0.2, pi_bar), log_boltzmann_policy(q, 0.2, pi_bar), 0.2, pi_bar)
+    torch.testing.assert_close(back, q, atol=1e-12, rtol=0)
