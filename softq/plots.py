@@ -9,6 +9,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import matplotlib
+
 from softq import config
 
 __all__ = ["figure_dir", "savefig"]
@@ -32,5 +34,7 @@ def savefig(fig, name: str, *, dpi: int = 150) -> tuple[Path, Path]:
     out.mkdir(parents=True, exist_ok=True)
     png, svg = out / f"{name}.png", out / f"{name}.svg"
     fig.savefig(png, dpi=dpi, bbox_inches="tight")
-    fig.savefig(svg, bbox_inches="tight", metadata={"Date": None})  # no timestamp: reruns give identical SVGs
+    # No timestamp and a fixed id salt: re-running a chapter rewrites byte-identical SVGs (clean git diffs).
+    with matplotlib.rc_context({"svg.hashsalt": name}):
+        fig.savefig(svg, bbox_inches="tight", metadata={"Date": None})
     return png, svg
