@@ -262,7 +262,8 @@ class SoftQuantities:
 
 
 def soft_quantities(q: torch.Tensor, tau: float, pi_bar: torch.Tensor | None) -> SoftQuantities:
-    """``q, v_q, log pi^B_q, pi^B_q, KL[pi^B_q || pi_bar]`` from :mod:`softq.regularized`; ``q: [A]``."""
+    """``q, v_q, log pi^B_q, pi^B_q, KL[pi^B_q || pi_bar]`` from :mod:`softq.regularized`; ``q: [..., A]`` (a bandit's
+    ``[A]``, or ``[S, A]`` for every state of an MDP, as :mod:`softq.equivalence` uses it)."""
     log_pi = log_boltzmann_policy(q, tau, pi_bar)
     pi = log_pi.exp()
     return SoftQuantities(q, soft_value(q, tau, pi_bar), log_pi, pi, kl(pi, pi_bar))

@@ -138,12 +138,12 @@ def write_checks_json(out: Path, results: list[ChapterResult], smoke: bool) -> P
 
 def table(results: list[ChapterResult]) -> str:
     """The summary ``make book`` prints."""
-    rows = [f"{'chapter':<28} {'seconds':>8} {'checks passed':>14} {'errata found':>13}  status"]
+    rows = [f"{'chapter':<32} {'seconds':>8} {'checks passed':>14} {'errata found':>13}  status"]
     for r in results:
         status = "ok" if r.ok else f"FAILED: {r.error or 'a check failed'}"
-        rows.append(f"{r.name:<28} {r.seconds:>8.1f} {f'{r.passed}/{r.checks}':>14} {r.errata:>13}  {status}")
+        rows.append(f"{r.name:<32} {r.seconds:>8.1f} {f'{r.passed}/{r.checks}':>14} {r.errata:>13}  {status}")
     total = sum(r.seconds for r in results)
-    rows.append(f"{'total':<28} {total:>8.1f} {sum(r.passed for r in results):>7}/{sum(r.checks for r in results):<6}"
+    rows.append(f"{'total':<32} {total:>8.1f} {sum(r.passed for r in results):>7}/{sum(r.checks for r in results):<6}"
                 f" {sum(r.errata for r in results):>13}")
     return "\n".join(rows)
 

@@ -48,6 +48,9 @@ class CheckRecord:
     erratum: str | None = None  # description of the typed equation's mistake, when this check documents one
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def _ipython_display_(self) -> None:
+        """Show nothing when a check is a cell's last expression: its line was printed already."""
+
     def line(self) -> str:
         status = "ok" if self.passed else "FAIL"
         if self.erratum is not None:
@@ -206,12 +209,15 @@ def records_for(chapter: str | None = None) -> list[CheckRecord]:
 
 
 def summary() -> dict[str, int]:
-    """Print and return how many checks this kernel ran, how many passed, and how many errata they document."""
+    """Print and return this chapter's checks: how many ran, passed, and which typed equations they found wrong."""
     recs = records_for()
+    errata = [r for r in recs if r.erratum is not None]
     out = {
         "checks": len(recs),
         "passed": sum(r.passed for r in recs),
-        "errata": sum(r.erratum is not None for r in recs),
+        "errata": len({r.eq or r.label for r in errata}),  # typed equations found wrong (as `make book` counts)
+        "erratum_checks": len(errata),
     }
-    print(f"{out['checks']} checks, {out['passed']} passed, {out['errata']} errata documented")
+    print(f"{out['checks']} checks, {out['passed']} passed; {out['errata']} typed equations found wrong "
+          f"({out['erratum_checks']} erratum checks)")
     return out

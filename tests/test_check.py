@@ -88,5 +88,6 @@ def test_bad_arguments_name_themselves():
 
 def test_summary_counts_current_chapter(capsys):
     chk.check("a", 1.0, 1.0)
-    chk.check("b", 2.0, 1.0, erratum="off by one")
-    assert chk.summary() == {"checks": 2, "passed": 2, "errata": 1}
+    chk.check("b", 2.0, 1.0, eq=5, erratum="off by one")
+    chk.check("c", 3.0, 1.0, eq=5, erratum="off by two")
+    assert chk.summary() == {"checks": 3, "passed": 3, "errata": 1, "erratum_checks": 2}
