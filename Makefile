@@ -38,11 +38,12 @@ unit: $(STAMP)
 	$(PY) -m pytest tests -q
 
 # nbval reads .ipynb: convert each MyST chapter to a throwaway notebook under build/, then run it in smoke mode.
+# softq.nbval_records makes each chapter write its checks to build/nbval/checks/ (the appendix reads them).
 nbval: $(STAMP)
 	@rm -rf build/nbval && mkdir -p build/nbval
 	@for f in notebooks/[0-9][0-9]_*.md; do \
 	  $(PY) -m jupytext --quiet --to ipynb -o build/nbval/$$(basename $${f%.md}).ipynb $$f || exit 1; done
-	SOFTQ_SMOKE=1 $(PY) -m pytest -q -p no:cacheprovider --nbval-lax --nbval-current-env \
+	SOFTQ_SMOKE=1 $(PY) -m pytest -q -p no:cacheprovider -p softq.nbval_records --nbval-lax --nbval-current-env \
 	  --nbval-cell-timeout=600 build/nbval
 
 test: lint unit nbval
@@ -52,3 +53,12 @@ lab: $(STAMP)
 
 clean:
 	rm -rf build
+
+# Deep RL (softq.rl). `make bench`: env and A2C throughput on this machine -> results/bench/<hostname>.json.
+# `make train ARGS="--env CartPole-v1 --rule proper --frames 100000 --lr 2e-3 --num-envs 8"`: one or more runs.
+.PHONY: bench train
+bench: $(STAMP)
+	$(PY) -m softq.rl bench $(ARGS)
+
+train: $(STAMP)
+	$(PY) -m softq.rl train $(ARGS)

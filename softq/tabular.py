@@ -39,6 +39,7 @@ from softq.regularized import (
 __all__ = [
     "MDP",
     "random_mdp",
+    "random_deterministic_mdp",
     "random_policy",
     "policy_kl",
     "expected_soft_reward",
@@ -181,6 +182,28 @@ def random_mdp(
         terminal = torch.zeros(n_states, dtype=torch.bool)
         terminal[n_live:] = True
     return MDP(torch.tensor(P, dtype=DTYPE), torch.tensor(R, dtype=DTYPE), gamma, terminal)
+
+
+def random_deterministic_mdp(n_states: int, n_actions: int, gamma: float, seed: int, *,
+                             reward_scale: float = 1.0) -> MDP:
+    """A random MDP with deterministic transitions: each ``(s, a)`` moves to one uniformly drawn state ``s'``.
+
+    ``P[s, a]`` is one-hot, ``R(s, a) ~ N(0, reward_scale^2)``; no terminal states (so ``gamma < 1``). The setting
+    of path consistency (Section 7, eqs 88-90), where ``Q^pi(s_t, a_t) = r_t + gamma V^pi(s_{t+1})`` holds on every
+    path and not only in expectation. (:func:`random_mdp` with a small ``concentration`` is only *nearly*
+    deterministic.) Seeded by ``numpy.random.default_rng(seed)``.
+    """
+    n_states, n_actions = validate_count(n_states, "n_states"), validate_count(n_actions, "n_actions")
+    if not (isinstance(reward_scale, int | float) and reward_scale >= 0 and np.isfinite(reward_scale)):
+        raise ValueError(f"reward_scale must be a finite number >= 0, got {reward_scale!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    rng = np.random.default_rng(seed)
+    nxt = rng.integers(n_states, size=(n_states, n_actions))
+    P = np.zeros((n_states, n_actions, n_states))
+    np.put_along_axis(P, nxt[..., None], 1.0, axis=-1)
+    R = reward_scale * rng.standard_normal((n_states, n_actions))
+    return MDP(torch.tensor(P, dtype=DTYPE), torch.tensor(R, dtype=DTYPE), gamma)
 
 
 def random_policy(n_states: int, n_actions: int, seed: int, concentration: float = 1.0) -> torch.Tensor:

@@ -8,24 +8,23 @@ from hypothesis import strategies as st
 from softq.losses import policy_gradient_loss, scale_grad, soft_q_loss, value_loss
 from softq.regularized import boltzmann_policy, kl, log_boltzmann_policy
 
-torch.set_default_dtype(torch.float64)
-
 
 @settings(max_examples=25, deadline=None)
 @given(seed=st.integers(0, 10_000), tau=st.floats(1e-3, 10.0))
 def test_policy_gradient_loss_gradient_is_the_estimator(seed, tau):
     """grad of eq (84) = -(grad log pi(a|s) A - tau grad KL(s)) per sample, for a softmax policy over logits."""
     g = torch.Generator().manual_seed(seed)
-    logits = torch.randn(6, 4, generator=g, requires_grad=True)
+    logits = torch.randn(6, 4, generator=g, dtype=torch.float64, requires_grad=True)
     actions = torch.randint(0, 4, (6,), generator=g)
-    adv = torch.randn(6, generator=g, requires_grad=True)  # must be held fixed even if it carries a graph
+    # the advantage must be held fixed even if it carries a graph
+    adv = torch.randn(6, generator=g, dtype=torch.float64, requires_grad=True)
     pi = boltzmann_policy(logits, 1.0)
     log_prob = torch.log_softmax(logits, -1).gather(-1, actions[:, None])[:, 0]
     loss = policy_gradient_loss(log_prob, adv, kl(pi), tau).sum()
     (got,) = torch.autograd.grad(loss, logits)
     # closed form for softmax logits: grad log pi(a) = onehot(a) - pi; grad KL = pi * (log(pi/pi_bar) - KL)
     onehot = torch.nn.functional.one_hot(actions, 4).to(pi)
-    log_ratio = log_boltzmann_policy(logits, 1.0) + torch.log(torch.tensor(4.0))
+    log_ratio = log_boltzmann_policy(logits, 1.0) + torch.log(torch.tensor(4.0, dtype=torch.float64))
     grad_kl = pi * (log_ratio - kl(pi)[:, None])
     want = -((onehot - pi) * adv[:, None] - tau * grad_kl)
     torch.testing.assert_close(got, want.detach(), atol=1e-12, rtol=0)
@@ -33,7 +32,7 @@ def test_policy_gradient_loss_gradient_is_the_estimator(seed, tau):
 
 
 def test_value_and_soft_q_losses_hold_the_target_fixed():
-    v = torch.tensor([1.0, -2.0, 0.5], requires_grad=True)
+    v = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64, requires_grad=True)
     target = (3 * v).detach().requires_grad_()
     loss = value_loss(v, target * 1.0).sum() + soft_q_loss(v, target * 1.0).sum()
     loss.backward()
@@ -43,7 +42,7 @@ def test_value_and_soft_q_losses_hold_the_target_fixed():
 
 
 def test_scale_grad_is_identity_forward_and_scales_backward():
-    x = torch.tensor([0.1, 3.0, -7.25], requires_grad=True)
+    x = torch.tensor([0.1, 3.0, -7.25], dtype=torch.float64, requires_grad=True)
     y = scale_grad(x, 100.0)
     assert torch.equal(y, x)  # bit-exact forward value
     (y**2).sum().backward()

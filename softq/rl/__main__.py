@@ -1,0 +1,110 @@
+"""Command line: ``python -m softq.rl train ...`` and ``python -m softq.rl bench ...``.
+
+Examples::
+
+    python -m softq.rl train --rule proper --env CartPole-v1 --seed 0 --frames 100000 --lr 2e-3 --num-envs 8
+    python -m softq.rl train --env PongNoFrameskip-v4 --rules naive,proper,soft_q --seeds 0,1,2 \\
+        --frames 10000000 --experiment a2c-pong --parallel 3 --time-limit-minutes 9   # then again with --resume
+    python -m softq.rl bench --game pong --seconds 10
+
+Every field of :class:`softq.rl.a2c.Config` is an option (``--num-envs``, ``--tau``, ...); bad values are rejected
+with a message naming them. Runs go to ``results/<experiment>/<rule>/seed<k>/`` (see :mod:`softq.rl.runs`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+from softq.rl.a2c import RULES, Config
+
+
+def _list(kind):
+    def parse(text: str):
+        try:
+            items = [kind(x) for x in text.split(",") if x.strip()]
+        except ValueError:
+            msg = f"expected a comma-separated list of {kind.__name__}, got {text!r}"
+            raise argparse.ArgumentTypeError(msg) from None
+        if not items:
+            raise argparse.ArgumentTypeError("empty list")
+        return items
+
+    return parse
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m softq.rl", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="train one run, or several (rule, seed) runs")
+    for f in dataclasses.fields(Config):
+        kind = type(f.default)
+        t.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=f.default,
+                       help=f"(default {f.default!r})")
+    t.add_argument("--rules", type=_list(str), help=f"several rules, comma-separated, from {RULES}")
+    t.add_argument("--seeds", type=_list(int), help="several seeds, comma-separated")
+    t.add_argument("--out", type=Path, help="the run's folder (one run only); default results/<experiment>/...")
+    t.add_argument("--results", type=Path, default=Path("results"), help="root of the results layout")
+    t.add_argument("--experiment", help="experiment name (default a2c-<env>)")
+    t.add_argument("--resume", action="store_true", help="continue from each run's checkpoint.pt")
+    t.add_argument("--parallel", type=int, default=1, help="runs at once, as subprocesses (default 1: in turn)")
+    t.add_argument("--no-progress", action="store_true", help="no tqdm bar")
+    b = sub.add_parser("bench", help="env and training throughput (results/bench/<tag>.json)")
+    b.add_argument("--game", default="pong")
+    b.add_argument("--num-envs", type=int, default=16)
+    b.add_argument("--threads", type=int, default=0, help="env threads / processes (0: min(num_envs, cores))")
+    b.add_argument("--seconds", type=float, default=10.0, help="length of each measurement")
+    b.add_argument("--device", default="auto")
+    b.add_argument("--tag", help="file name (default: the hostname)")
+    b.add_argument("--out", type=Path, default=Path("results/bench"))
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command == "bench":
+        from softq.rl.bench import run_bench
+
+        run_bench(game=args.game, num_envs=args.num_envs, threads=args.threads, seconds=args.seconds,
+                  device=args.device, tag=args.tag, out_dir=args.out)
+        return 0
+
+    from softq.rl.a2c import NonFiniteLoss
+    from softq.rl.runs import launch, run_dir, train
+
+    rules = args.rules or [args.rule]
+    seeds = args.seeds or [args.seed]
+    base = {f.name: getattr(args, f.name) for f in dataclasses.fields(Config)}
+    cfgs = []
+    try:
+        for rule in rules:
+            for seed in seeds:
+                cfgs.append(Config(**{**base, "rule": rule, "seed": seed}))
+    except ValueError as e:
+        parser.error(str(e))
+    if args.parallel < 1:
+        parser.error(f"--parallel must be >= 1, got {args.parallel}")
+    experiment = args.experiment or f"{args.algo}-{args.env}"
+    if args.out is not None and len(cfgs) > 1:
+        parser.error("--out names one run's folder; with several rules/seeds use --results and --experiment")
+    outs = [args.out] if args.out is not None else [run_dir(args.results, experiment, c.rule, c.seed) for c in cfgs]
+    if len(cfgs) == 1:
+        try:
+            result = train(cfgs[0], outs[0], resume=args.resume, progress=not args.no_progress)
+        except NonFiniteLoss as e:
+            print(f"FAILED: {e}", file=sys.stderr)
+            return 1
+        except (FileExistsError, ValueError) as e:
+            parser.error(str(e))
+        print(f"[{outs[0]}] {result}")
+        return 0
+    failed = launch(list(zip(cfgs, outs, strict=True)), resume=args.resume, parallel=args.parallel,
+                    progress=not args.no_progress)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

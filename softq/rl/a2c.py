@@ -1,0 +1,367 @@
+"""Synchronous advantage actor-critic (A2C) with the paper's three update rules (Sections 6.1 and 6.3).
+
+Every hyperparameter is a field of :class:`Config`, with the defaults the paper started from (the tuned A2C of
+OpenAI baselines, 2017): 16 envs, 5-step rollouts, RMSProp (lr 7e-4 decayed linearly to 0, alpha 0.99, eps 1e-5),
+gamma 0.99, tau 0.01 against a uniform ``pi_bar`` (an entropy bonus up to a constant), value coefficient c = 0.5,
+gradient-norm clipping 0.5, one Nature-CNN trunk shared by the policy and value heads.
+
+One rollout is ``T = num_steps`` steps of ``B = num_envs`` environments: ``obs [T+1, B, ...]`` (row ``T`` is
+``s_T``, the state after the rollout), ``actions, rewards, terminal, reset: [T, B]``. A2C's return from step ``t``
+looks ``T - t`` steps ahead (:func:`softq.regularized.n_step_soft_return` with ``n=None``) and bootstraps from the
+value of ``s_T``. The rules differ only in the loss (:func:`a2c_loss`); every formula comes from ``softq``:
+
+- ``naive`` (eq 79): returns of rewards only, ``n_step_soft_return(r, None, V(s_T), ...)``; the KL enters as the
+  one-step term of :func:`softq.losses.policy_gradient_loss` (eq 84); plus ``c`` * :func:`softq.losses.value_loss`
+  (eq 85), ``L = L_policy + c L_value`` (eq 86).
+- ``proper`` (eq 80): the same, but the returns carry the KL penalties of the acting policy at every step,
+  ``n_step_soft_return(r, KL, V(s_T), ...)``, with ``KL_t = kl(pi(.|s_t))`` held fixed.
+- ``soft_q`` (Section 6.3): ``Q = V + tau log(pi / pi_bar)`` (:func:`softq.regularized.q_from_value_and_policy`, a
+  dueling head) regressed by :func:`softq.losses.soft_q_loss` (eq 44) on the n-step soft target of eq (46),
+  ``y_t = tau KL_t + n_step_soft_return(r, KL, V_Q(s_T), ...)``, bootstrapped from the same network (no target
+  network), acting with ``pi`` (no epsilon schedule). The gradients entering the two streams are rescaled with
+  :func:`softq.losses.scale_grad` so that the update matches A2C's: see :func:`a2c_loss`.
+
+Autoreset (see :mod:`softq.rl.envs`): a ``reset[t]`` step is not a transition. It gets weight 0 in every loss, and
+:func:`reset_placeholders` turns it into a terminal "step" whose return is the value of the observation it starts
+from -- the final observation of the game that just ended -- so that a time-limit cut on step ``t - 1`` (``terminal =
+0``) bootstraps from ``V(s_final)`` and no return ever crosses into the next game.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from collections import deque
+from dataclasses import dataclass, fields
+from typing import Any
+
+import numpy as np
+import torch
+
+from softq import config as softq_config
+from softq import losses, regularized
+from softq.rl.envs import CLASSIC_ENVS, VecEnv, is_atari, make_env
+from softq.rl.nets import make_net
+
+__all__ = [
+    "RULES", "Config", "auto_torch_threads", "NonFiniteLoss", "A2C", "a2c_loss", "reset_placeholders", "masked_mean",
+]
+
+RULES = ("naive", "proper", "soft_q")
+ALGOS = ("a2c",)
+
+
+@dataclass
+class Config:
+    """Every setting of a run. Defaults: the paper's Atari A2C. Bad values raise ValueError naming the field."""
+
+    # what to run
+    algo: str = "a2c"
+    env: str = "PongNoFrameskip-v4"  # an Atari game (any ale-py ROM) or a classic-control id, e.g. CartPole-v1
+    rule: str = "proper"  # naive (eq 79) | proper (eq 80) | soft_q (Section 6.3)
+    seed: int = 0
+    frames: int = 10_000_000  # emulator frames (4 per agent step on Atari; the paper trains 320M)
+    # the algorithm (the paper's A2C)
+    num_envs: int = 16
+    num_steps: int = 5  # rollout length T
+    lr: float = 7e-4
+    lr_schedule: str = "linear"  # linear: decays to 0 at `frames` (baselines' a2c default) | constant
+    rms_alpha: float = 0.99
+    rms_eps: float = 1e-5  # torch adds eps outside the square root (TensorFlow's RMSProp: inside)
+    gamma: float = 0.99
+    tau: float = 0.01  # KL coefficient, uniform pi_bar
+    value_coef: float = 0.5  # c in eq (86)
+    max_grad_norm: float = 0.5
+    hidden: int = 64  # MLP width (classic control only)
+    # where and how
+    device: str = "auto"  # auto (CUDA if present) | cpu | cuda | cuda:1
+    env_backend: str = "ale"  # ale (ale-py's C++ vector env) | gymnasium (AsyncVectorEnv + wrappers; Atari only)
+    env_threads: int = 0  # ALE threads; 0: min(num_envs, cores)
+    torch_threads: int = 0  # torch intra-op threads; 0: auto_torch_threads()
+    log_every: int = 100  # updates between CSV rows
+    checkpoint_minutes: float = 5.0  # wall-clock minutes between checkpoints (0: only by count and at the end)
+    checkpoint_every: int = 0  # updates between checkpoints (0: off); for tests
+    time_limit_minutes: float = 0.0  # stop (after a checkpoint) when this much time has passed; 0: no limit
+
+    def __post_init__(self) -> None:
+        def bad(name: str, why: str) -> ValueError:
+            return ValueError(f"{name} {why}, got {getattr(self, name)!r}")
+
+        if self.algo not in ALGOS:
+            raise bad("algo", f"must be one of {ALGOS}")
+        if self.rule not in RULES:
+            raise bad("rule", f"must be one of {RULES}")
+        if self.env not in CLASSIC_ENVS:
+            is_atari(self.env)  # ValueError naming an unknown game
+        for name in ("seed", "env_threads", "torch_threads", "checkpoint_every"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise bad(name, "must be an int >= 0")
+        for name in ("frames", "num_envs", "num_steps", "hidden", "log_every"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise bad(name, "must be an int >= 1")
+        for name in ("lr", "rms_eps", "tau", "max_grad_norm"):
+            v = getattr(self, name)
+            if not (isinstance(v, int | float) and math.isfinite(v) and v > 0):
+                raise bad(name, "must be a finite number > 0")
+        for name in ("value_coef", "checkpoint_minutes", "time_limit_minutes"):
+            v = getattr(self, name)
+            if not (isinstance(v, int | float) and math.isfinite(v) and v >= 0):
+                raise bad(name, "must be a finite number >= 0")
+        for name in ("gamma", "rms_alpha"):
+            v = getattr(self, name)
+            if not (isinstance(v, int | float) and 0 <= v <= 1):
+                raise bad(name, "must lie in [0, 1]")
+        if self.lr_schedule not in ("linear", "constant"):
+            raise bad("lr_schedule", "must be 'linear' or 'constant'")
+        if self.env_backend not in ("ale", "gymnasium"):
+            raise bad("env_backend", "must be 'ale' or 'gymnasium'")
+        if self.env_backend == "gymnasium" and self.env in CLASSIC_ENVS:
+            raise bad("env_backend", f"'gymnasium' is for Atari games only (env={self.env!r})")
+        if self.device != "auto":
+            try:
+                softq_config.device(self.device)
+            except (RuntimeError, ValueError) as e:
+                raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N' (available), got "
+                                 f"{self.device!r}: {e}") from None
+
+    @property
+    def steps_per_update(self) -> int:
+        return self.num_envs * self.num_steps
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Config:
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"config: unknown fields {sorted(unknown)}")
+        return cls(**d)
+
+
+def auto_torch_threads(env: str, device: torch.device) -> int:
+    """Torch's CPU threads when ``torch_threads = 0``: 1 with CUDA (the cores belong to the emulators) and for
+    classic control (a 64-unit MLP gains nothing); half the cores for an Atari CNN on CPU. Measured on a 2-core
+    machine shared with other jobs: 2 torch threads + ALE threads ran 5-10x slower than 1 (OpenMP waits)."""
+    if device.type != "cpu" or env in CLASSIC_ENVS:
+        return 1
+    return max(1, (os.cpu_count() or 2) // 2)
+
+
+class NonFiniteLoss(RuntimeError):
+    """A loss became NaN or infinite: the run stops, keeping its last good checkpoint."""
+
+
+# --- the update rules ---------------------------------------------------------------------------------------------
+
+
+def masked_mean(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Mean of ``x: [T, B]`` over the entries with ``weight = 1`` (the real transitions)."""
+    return (x * weight).sum() / weight.sum().clamp_min(1)
+
+
+def reset_placeholders(
+    rewards: torch.Tensor, kls: torch.Tensor, terminal: torch.Tensor, reset: torch.Tensor, state_values: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Rewrite autoreset steps so that :func:`n_step_soft_return` never crosses a game boundary.
+
+    A ``reset[t]`` step starts from the previous game's final observation ``s_t`` and is no transition. It becomes
+    a terminal step with reward ``V(s_t)`` and no KL: so its return is exactly ``V(s_final)``, which is what a
+    time-limit cut on step ``t - 1`` (not terminal) must bootstrap from, and after a true terminal step it is never
+    read. Shapes: ``rewards, kls, terminal, reset: [T, B]``, ``state_values: [T+1, B]`` (held fixed);
+    returns ``(rewards, kls, dones)``, each ``[T, B]``.
+    """
+    horizon = rewards.shape[0]
+    rewards = torch.where(reset, state_values[:horizon].detach().to(rewards.dtype), rewards)
+    kls = torch.where(reset, torch.zeros_like(kls), kls)
+    return rewards, kls, terminal | reset
+
+
+def a2c_loss(
+    log_pi: torch.Tensor,
+    v: torch.Tensor,
+    actions: torch.Tensor,
+    rewards: torch.Tensor,
+    terminal: torch.Tensor,
+    reset: torch.Tensor,
+    rule: str,
+    gamma: float,
+    tau: float,
+    value_coef: float,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The loss one A2C update minimizes, for ``rule`` in :data:`RULES`, and detached diagnostics.
+
+    Shapes: ``log_pi: [T+1, B, A]`` and ``v: [T+1, B]`` from the network on ``obs[0..T]`` (row ``T``: ``s_T``);
+    ``actions: [T, B]`` long; ``rewards: [T, B]``; ``terminal, reset: [T, B]`` bool. Uniform ``pi_bar``.
+
+    - naive / proper (eqs 79, 80, 84-86): ``G = n_step_soft_return(r, KL or None, V(s_T))``, advantage
+      ``G - V(s_t)``, loss ``policy_gradient_loss(log pi(a_t|s_t), G - V, KL_t, tau) + c value_loss(V, G)``.
+    - soft_q (Section 6.3, eqs 44, 46): ``Q = q_from_value_and_policy(V', log pi', tau)`` where ``V'`` and
+      ``log pi'`` are ``V`` and ``log pi`` with their *gradients* rescaled by ``scale_grad``: the value stream by
+      ``c`` and the advantage stream ``tau log pi`` by ``1 / tau``. By the equivalence theorem (eqs 58-65), in
+      expectation ``grad soft_q_loss = tau * grad L_policy + grad L_value`` (eq 86 with c = 1/tau, up to the factor
+      tau); the rescaling gives ``grad L_policy + c grad L_value``, i.e. A2C's hyperparameters. The paper prints
+      the advantage-stream factor as "1/gamma": an erratum for 1/tau (the book's errata list).
+      Target ``y_t = tau KL_t + n_step_soft_return(r, KL, V_Q(s_T))`` with ``V_Q = soft_value(Q)`` (equal to ``V``
+      for this parametrization), held fixed; loss ``soft_q_loss(Q(s_t, a_t), y_t)``.
+
+    Every loss is averaged over the real transitions (``~reset``).
+    """
+    horizon = actions.shape[0]
+    weight = (~reset).to(v.dtype)
+    pi = log_pi.exp()
+    kls = regularized.kl(pi[:horizon])  # [T, B]: KL[pi || uniform](s_t), carries the gradient
+    log_prob = log_pi[:horizon].gather(-1, actions[..., None])[..., 0]
+    stats: dict[str, torch.Tensor] = {
+        "entropy": masked_mean(regularized.entropy(pi[:horizon].detach()), weight),
+        "kl": masked_mean(kls.detach(), weight),
+    }
+    if rule in ("naive", "proper"):
+        state_values = v.detach()
+        r, kl_fixed, dones = reset_placeholders(rewards, kls.detach(), terminal, reset, state_values)
+        returns = regularized.n_step_soft_return(
+            r, kl_fixed if rule == "proper" else None, state_values[horizon], dones, gamma, tau
+        )
+        policy = masked_mean(losses.policy_gradient_loss(log_prob, returns - state_values[:horizon], kls, tau), weight)
+        value = masked_mean(losses.value_loss(v[:horizon], returns), weight)
+        loss = policy + value_coef * value
+        stats.update(policy_loss=policy.detach(), value_loss=value.detach(), q_loss=torch.tensor(float("nan")))
+    elif rule == "soft_q":
+        # Section 6.3 scaling; the paper's "1/gamma" for the advantage stream is an erratum for 1/tau.
+        q = regularized.q_from_value_and_policy(
+            losses.scale_grad(v, value_coef), losses.scale_grad(log_pi, 1.0 / tau), tau
+        )  # [T+1, B, A]
+        state_values = regularized.soft_value(q.detach(), tau)  # V_Q(s) = V(s) here
+        r, kl_fixed, dones = reset_placeholders(rewards, kls.detach(), terminal, reset, state_values)
+        target = tau * kl_fixed + regularized.n_step_soft_return(
+            r, kl_fixed, state_values[horizon], dones, gamma, tau
+        )
+        q_taken = q[:horizon].gather(-1, actions[..., None])[..., 0]
+        loss = masked_mean(losses.soft_q_loss(q_taken, target), weight)
+        nan = torch.tensor(float("nan"))
+        stats.update(policy_loss=nan, value_loss=nan, q_loss=loss.detach())
+    else:
+        raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
+    stats["loss"] = loss.detach()
+    return loss, stats
+
+
+# --- the agent ----------------------------------------------------------------------------------------------------
+
+
+class A2C:
+    """Environments, network, optimizer and random state of one run: :meth:`step` is one rollout + one update.
+
+    :meth:`state_dict` / :meth:`load_state_dict` capture everything a CPU run needs to continue bit for bit
+    (the environments too, when they are restorable: classic control).
+    """
+
+    def __init__(self, cfg: Config, env: VecEnv | None = None):
+        self.cfg = cfg
+        self.device = softq_config.device(None if cfg.device == "auto" else cfg.device)
+        torch.set_num_threads(cfg.torch_threads or auto_torch_threads(cfg.env, self.device))
+        self.env = env or make_env(cfg.env, cfg.num_envs, threads=cfg.env_threads, backend=cfg.env_backend)
+        torch.manual_seed(cfg.seed)  # the initial weights; numpy's global RNG is not used (the envs own theirs)
+        self.net = make_net(self.env.obs_shape, self.env.n_actions, cfg.hidden).to(self.device)
+        self.opt = torch.optim.RMSprop(self.net.parameters(), lr=cfg.lr, alpha=cfg.rms_alpha, eps=cfg.rms_eps)
+        self.gen = torch.Generator(device=self.device).manual_seed(cfg.seed)
+        self.frames_per_update = cfg.steps_per_update * self.env.frames_per_step
+        self.total_updates = -(-cfg.frames // self.frames_per_update)
+        self.updates = 0
+        self.episodes = 0
+        self.scores: deque[float] = deque(maxlen=100)
+        self.obs = self.env.reset(seed=cfg.seed)
+        t, b = cfg.num_steps, cfg.num_envs
+        obs_dtype = torch.uint8 if self.env.obs_dtype == np.uint8 else torch.float32
+        self.buf_obs = torch.zeros((t + 1, b, *self.env.obs_shape), dtype=obs_dtype, device=self.device)
+        self.buf_actions = torch.zeros((t, b), dtype=torch.long, device=self.device)
+        self.buf_rewards = torch.zeros((t, b), dtype=torch.float32)
+        self.buf_terminal = torch.zeros((t, b), dtype=torch.bool)
+        self.buf_reset = torch.zeros((t, b), dtype=torch.bool)
+
+    @property
+    def frames(self) -> int:
+        return self.updates * self.frames_per_update
+
+    def collect(self) -> None:
+        """One rollout of ``num_steps`` steps into the buffers, acting with ``pi`` (the behaviour policy)."""
+        for t in range(self.cfg.num_steps):
+            self.buf_obs[t].copy_(torch.as_tensor(self.obs))
+            with torch.no_grad():
+                log_pi, _ = self.net(self.buf_obs[t])
+            actions = torch.multinomial(log_pi.exp(), 1, generator=self.gen)[:, 0]
+            self.buf_actions[t] = actions
+            out = self.env.step(actions.cpu().numpy())
+            self.buf_rewards[t] = torch.from_numpy(out.reward)
+            self.buf_terminal[t] = torch.from_numpy(out.terminal)
+            self.buf_reset[t] = torch.from_numpy(out.reset)
+            self.scores.extend(out.scores)
+            self.episodes += len(out.scores)
+            self.obs = out.obs
+        self.buf_obs[-1].copy_(torch.as_tensor(self.obs))
+
+    def update(self) -> dict[str, float]:
+        """One gradient step on the buffers; raises :class:`NonFiniteLoss` (before stepping) on a NaN/inf loss."""
+        cfg = self.cfg
+        t, b = cfg.num_steps, cfg.num_envs
+        log_pi, v = self.net(self.buf_obs.reshape(-1, *self.env.obs_shape))
+        dev = self.device
+        loss, stats = a2c_loss(
+            log_pi.reshape(t + 1, b, -1), v.reshape(t + 1, b), self.buf_actions,
+            self.buf_rewards.to(dev), self.buf_terminal.to(dev), self.buf_reset.to(dev),
+            cfg.rule, cfg.gamma, cfg.tau, cfg.value_coef,
+        )
+        if not torch.isfinite(loss):
+            raise NonFiniteLoss(
+                f"non-finite loss ({loss.item()}) at update {self.updates + 1} (frame {self.frames}) of "
+                f"rule={cfg.rule} env={cfg.env} seed={cfg.seed}: stopped; the last good checkpoint is kept"
+            )
+        lr = cfg.lr * (1.0 - self.updates / self.total_updates) if cfg.lr_schedule == "linear" else cfg.lr
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.net.parameters(), cfg.max_grad_norm)
+        self.opt.step()
+        self.updates += 1
+        names = list(stats)
+        values = torch.stack([stats[k].to(dev, torch.float32) for k in names] + [grad_norm.float()]).tolist()
+        out = dict(zip(names + ["grad_norm"], values, strict=True))
+        out["lr"] = lr
+        return out
+
+    def step(self) -> dict[str, float]:
+        """One rollout and one update."""
+        self.collect()
+        return self.update()
+
+    def score_mean(self) -> float:
+        """Mean unclipped score of the last 100 (or fewer) finished games; NaN before the first."""
+        return float(np.mean(self.scores)) if self.scores else float("nan")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "net": self.net.state_dict(), "opt": self.opt.state_dict(), "gen": self.gen.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "updates": self.updates, "episodes": self.episodes, "scores": list(self.scores),
+            "env": self.env.state_dict(), "obs": np.array(self.obs),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> bool:
+        """Restore :meth:`state_dict`. Returns whether the environments were restored too; when they were not
+        (Atari) the games in progress are lost and the environments start fresh games, seeded by the update count."""
+        self.net.load_state_dict(state["net"])
+        self.opt.load_state_dict(state["opt"])
+        self.gen.set_state(state["gen"])
+        torch.set_rng_state(state["torch_rng"])
+        self.updates, self.episodes = state["updates"], state["episodes"]
+        self.scores = deque(state["scores"], maxlen=100)
+        if self.env.load_state_dict(state["env"]):
+            self.obs = state["obs"]
+            return True
+        self.obs = self.env.reset(seed=(self.cfg.seed + 1_000_003 * self.updates) % (2**31 - 2**16))
+        return False

@@ -1,0 +1,265 @@
+"""Runs: logs, checkpoints, resume, and several (rule, seed) runs in one command.
+
+Layout (what plotting code reads)::
+
+    results/<experiment>/<rule>/seed<k>/
+        config.json      the Config, the command, package versions (torch, gymnasium, ale-py, numpy, python),
+                         device and machine; rewritten at each (re)start, earlier starts kept under "starts"
+        progress.csv     one row every `log_every` updates: frames, updates, episodes, score_mean100 (mean unclipped
+                         score of the last <= 100 finished games; empty before the first), score_count, loss,
+                         policy_loss, value_loss, q_loss (NaN where the rule has none), entropy, kl, grad_norm, lr,
+                         sps (agent steps per second since the previous row), wall_s
+        checkpoint.pt    everything needed to continue (written atomically: tmp file + os.replace); not for git
+        status.json      "running" | "paused" (time limit / signal: continue with --resume) | "done" | "failed"
+
+``<experiment>`` defaults to ``a2c-<env>``. A run that stops early loses at most its last checkpoint interval
+(``checkpoint_minutes``, default 5).
+
+Resume. ``--resume`` loads ``checkpoint.pt``, truncates ``progress.csv`` to the rows written before it, and goes on.
+On CPU with classic control the checkpoint holds the network, optimizer, the torch / numpy / sampling random states,
+the pickled environments and the current observations, so an interrupted and resumed run writes the same log
+(except the timing columns ``sps`` and ``wall_s``) and ends with the same weights as an uninterrupted one
+(``tests/test_rl_runs.py`` kills a run after a checkpoint and checks this). **Atari**: ale-py's vector env cannot
+save its emulators, so resume **starts fresh games**: the games in progress at the checkpoint are lost (their scores
+are never logged), the learner continues with its weights, optimizer and random state. This is a deliberate choice
+(the loss is a few games per environment out of thousands); the run is then no longer bit-identical to an
+uninterrupted one. On CUDA, runs are reproducible only up to GPU non-determinism.
+
+A NaN or infinite loss stops the run with a message naming the update; ``checkpoint.pt`` is the last good one.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from softq.rl.a2c import A2C, Config, NonFiniteLoss
+
+__all__ = ["COLUMNS", "RUN_CONTROL", "run_dir", "versions", "machine", "train", "launch"]
+
+COLUMNS = ("frames", "updates", "episodes", "score_mean100", "score_count", "loss", "policy_loss", "value_loss",
+           "q_loss", "entropy", "kl", "grad_norm", "lr", "sps", "wall_s")
+#: Config fields that may change on --resume (they do not change what is computed).
+RUN_CONTROL = ("device", "env_threads", "torch_threads", "checkpoint_minutes", "checkpoint_every",
+               "time_limit_minutes")
+
+
+def run_dir(results: str | Path, experiment: str, rule: str, seed: int) -> Path:
+    """``results/<experiment>/<rule>/seed<k>``: the one layout of runs."""
+    return Path(results) / experiment / rule / f"seed{seed}"
+
+
+def versions() -> dict[str, str]:
+    """Versions of what produced a result: python, torch, gymnasium, ale-py, numpy, softq."""
+    import ale_py
+    import gymnasium
+    import numpy
+
+    import softq
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "gymnasium": gymnasium.__version__,
+            "ale_py": ale_py.__version__, "numpy": numpy.__version__, "softq": softq.__version__}
+
+
+def machine() -> dict[str, Any]:
+    """The machine: host, OS, CPU model and cores, GPU (if any)."""
+    cpu = platform.processor() or ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"hostname": socket.gethostname(), "platform": platform.platform(), "cpu": cpu,
+            "cores": os.cpu_count(), "gpu": gpu}
+
+
+def _atomic_write_bytes(path: Path, write) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    _atomic_write_bytes(path, lambda f: f.write((json.dumps(obj, indent=2, default=str) + "\n").encode()))
+
+
+def _status(out: Path, status: str, **extra: Any) -> None:
+    _write_json(out / "status.json", {"status": status, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), **extra})
+
+
+def _fmt(x: float) -> str:
+    return "" if isinstance(x, float) and math.isnan(x) else f"{x:.6g}" if isinstance(x, float) else str(x)
+
+
+class _Stop:
+    """SIGINT/SIGTERM set a flag; the loop then checkpoints at the end of the current update and stops."""
+
+    def __init__(self):
+        self.requested = False
+        self._old = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:  # a second signal: stop now
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def train(cfg: Config, out: str | Path, *, resume: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Train one run into ``out`` (layout in the module docstring); returns the final status dict.
+
+    ``resume=True`` continues from ``out/checkpoint.pt`` (the config saved there must equal ``cfg`` except for the
+    fields in :data:`RUN_CONTROL`). Without it, ``out`` must not hold a run yet. Raises :class:`NonFiniteLoss`.
+    """
+    out = Path(out)
+    ckpt_path, log_path, cfg_path = out / "checkpoint.pt", out / "progress.csv", out / "config.json"
+    state = None
+    if resume and ckpt_path.exists():
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        saved = Config.from_dict(state["config"])
+        diff = {k: (v, getattr(cfg, k)) for k, v in saved.as_dict().items()
+                if k not in RUN_CONTROL and getattr(cfg, k) != v}
+        if diff:
+            raise ValueError(f"--resume: config differs from the checkpoint's in {diff} (saved, given)")
+    elif not resume and (ckpt_path.exists() or log_path.exists()):
+        raise FileExistsError(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+
+    agent = A2C(cfg)
+    envs_restored = None  # a fresh start restores nothing
+    starts = []
+    if state is not None:
+        envs_restored = agent.load_state_dict(state["agent"])
+        with open(log_path, "r+b") as f:
+            f.truncate(state["log_bytes"])
+        if cfg_path.exists():
+            starts = json.loads(cfg_path.read_text()).get("starts", [])
+    starts.append({"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "update": agent.updates,
+                   "envs_restored": envs_restored, "command": " ".join(sys.argv)})
+    _write_json(cfg_path, {"config": cfg.as_dict(), "versions": versions(), "device": str(agent.device),
+                           "machine": machine(), "frames_per_step": agent.env.frames_per_step,
+                           "total_updates": agent.total_updates, "starts": starts})
+    if envs_restored is False:
+        print(f"[{out}] resumed at update {agent.updates}: Atari emulator states are not saved, the games in "
+              "progress were lost and new games started", file=sys.stderr)
+    new_log = state is None
+    wall0 = state["wall_s"] if state is not None else 0.0
+    t_start = time.perf_counter()
+    last_ckpt = time.perf_counter()
+    last_row_t, last_row_updates = time.perf_counter(), agent.updates
+
+    def save_checkpoint(log_file) -> None:
+        log_file.flush()
+        payload = {"config": cfg.as_dict(), "agent": agent.state_dict(), "log_bytes": log_file.tell(),
+                   "wall_s": wall0 + time.perf_counter() - t_start}
+        _atomic_write_bytes(ckpt_path, lambda f: torch.save(payload, f))
+
+    _status(out, "running", update=agent.updates)
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=agent.total_updates * agent.frames_per_update, initial=agent.frames, unit="frame",
+               unit_scale=True, disable=not progress, desc=f"{cfg.rule} s{cfg.seed} {cfg.env}", dynamic_ncols=True)
+    status = "done"
+    try:
+        with open(log_path, "w" if new_log else "a", newline="") as log_file, _Stop() as stop:
+            writer = csv.writer(log_file)
+            if new_log:
+                writer.writerow(COLUMNS)
+            while agent.updates < agent.total_updates:
+                try:
+                    stats = agent.step()
+                except NonFiniteLoss as e:
+                    log_file.flush()
+                    _status(out, "failed", error=str(e))
+                    raise
+                bar.update(agent.frames_per_update)
+                now = time.perf_counter()
+                last = agent.updates == agent.total_updates
+                if agent.updates % cfg.log_every == 0 or last:
+                    sps = (agent.updates - last_row_updates) * cfg.steps_per_update / max(now - last_row_t, 1e-9)
+                    last_row_t, last_row_updates = now, agent.updates
+                    row = {**stats, "frames": agent.frames, "updates": agent.updates, "episodes": agent.episodes,
+                           "score_mean100": agent.score_mean(), "score_count": len(agent.scores), "sps": sps,
+                           "wall_s": wall0 + now - t_start}
+                    writer.writerow([_fmt(row[c]) for c in COLUMNS])
+                    bar.set_postfix(score=f"{agent.score_mean():.1f}", sps=f"{sps:.0f}")
+                timed_out = cfg.time_limit_minutes > 0 and now - t_start >= 60 * cfg.time_limit_minutes
+                due = ((cfg.checkpoint_every and agent.updates % cfg.checkpoint_every == 0)
+                       or (cfg.checkpoint_minutes > 0 and now - last_ckpt >= 60 * cfg.checkpoint_minutes))
+                if due or last or timed_out or stop.requested:
+                    save_checkpoint(log_file)
+                    last_ckpt = time.perf_counter()
+                if (timed_out or stop.requested) and not last:
+                    status = "paused"
+                    break
+    finally:
+        bar.close()
+        agent.env.close()
+    result = {"status": status, "update": agent.updates, "frames": agent.frames, "episodes": agent.episodes,
+              "score_mean100": agent.score_mean()}
+    _status(out, status, **{k: v for k, v in result.items() if k != "status"})
+    return result
+
+
+def _cli_args(cfg: Config) -> list[str]:
+    args = []
+    for k, v in cfg.as_dict().items():
+        args += [f"--{k.replace('_', '-')}", str(v)]
+    return args
+
+
+def launch(cfgs: list[tuple[Config, Path]], *, resume: bool, parallel: int = 1, progress: bool = True) -> int:
+    """Run several (config, out) pairs: one after another in this process (``parallel=1``), or as up to
+    ``parallel`` concurrent ``python -m softq.rl train`` subprocesses. Returns the number of failed runs."""
+    failed = 0
+    if parallel <= 1:
+        for cfg, out in cfgs:
+            try:
+                train(cfg, out, resume=resume, progress=progress)
+            except NonFiniteLoss as e:
+                print(f"[{out}] FAILED: {e}", file=sys.stderr)
+                failed += 1
+        return failed
+    pending, running = list(cfgs), []
+    while pending or running:
+        while pending and len(running) < parallel:
+            cfg, out = pending.pop(0)
+            cmd = [sys.executable, "-m", "softq.rl", "train", *_cli_args(cfg), "--out", str(out), "--no-progress"]
+            if resume:
+                cmd.append("--resume")
+            print(f"[{out}] started", file=sys.stderr)
+            running.append((subprocess.Popen(cmd), out))
+        time.sleep(0.5)
+        for proc, out in list(running):
+            if proc.poll() is not None:
+                running.remove((proc, out))
+                failed += proc.returncode != 0
+                print(f"[{out}] finished with exit code {proc.returncode}", file=sys.stderr)
+    return failed

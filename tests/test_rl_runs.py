@@ -1,0 +1,136 @@
+"""softq.rl.runs and the command line: logs, atomic checkpoints, kill + resume equality, NaN stop, layout, learning."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import softq.rl.a2c
+from softq.rl.__main__ import main
+from softq.rl.a2c import Config, NonFiniteLoss
+from softq.rl.runs import COLUMNS, train
+
+ROOT = Path(__file__).resolve().parent.parent
+CARTPOLE = ["--env", "CartPole-v1", "--num-envs", "4", "--lr", "0.002", "--torch-threads", "1"]
+
+
+def _rows(path: Path, drop=("sps", "wall_s")):
+    with open(path) as f:
+        rows = list(csv.DictReader(f))
+    return [{k: v for k, v in r.items() if k not in drop} for r in rows]
+
+
+def _weights(path: Path):
+    return torch.load(path, map_location="cpu", weights_only=False)["agent"]["net"]
+
+
+def test_killed_and_resumed_run_equals_uninterrupted(tmp_path):
+    """SIGKILL a CartPole run after its first checkpoint, resume it: same log (but timings) and same weights."""
+    args = ["train", "--rule", "proper", "--frames", "20000", "--log-every", "50", "--checkpoint-every", "150",
+            *CARTPOLE, "--no-progress"]
+    assert main([*args, "--out", str(tmp_path / "whole")]) == 0
+    cut = tmp_path / "cut"
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    proc = subprocess.Popen([sys.executable, "-m", "softq.rl", *args, "--out", str(cut)], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while not (cut / "checkpoint.pt").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    time.sleep(0.2)  # let it run past the checkpoint, then kill it without warning
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    state = torch.load(cut / "checkpoint.pt", map_location="cpu", weights_only=False)
+    assert 0 < state["agent"]["updates"] < 1000, "the run must be killed mid-way: make it longer"
+    assert json.loads((cut / "status.json").read_text())["status"] == "running"
+    assert main([*args, "--out", str(cut), "--resume"]) == 0
+    assert _rows(cut / "progress.csv") == _rows(tmp_path / "whole" / "progress.csv")
+    assert len(_rows(cut / "progress.csv")) == 20
+    whole, resumed = _weights(tmp_path / "whole" / "checkpoint.pt"), _weights(cut / "checkpoint.pt")
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole)
+    cfg = json.loads((cut / "config.json").read_text())
+    assert len(cfg["starts"]) == 2 and cfg["starts"][1]["envs_restored"] is True
+    assert {"torch", "gymnasium", "ale_py", "numpy", "python"} <= set(cfg["versions"]) and cfg["device"] == "cpu"
+
+
+def test_time_limit_pauses_and_resume_finishes(tmp_path):
+    cfg = Config(env="CartPole-v1", rule="naive", frames=4000, num_envs=4, log_every=10, time_limit_minutes=1e-6)
+    assert train(cfg, tmp_path, progress=False)["status"] == "paused"
+    with pytest.raises(FileExistsError):
+        train(cfg, tmp_path, progress=False)
+    cfg = Config(**{**cfg.as_dict(), "time_limit_minutes": 0.0})
+    result = train(cfg, tmp_path, resume=True, progress=False)
+    assert result["status"] == "done" and result["update"] == 200
+    assert len(_rows(tmp_path / "progress.csv")) == 20
+    with pytest.raises(ValueError, match="tau"):
+        train(Config(**{**cfg.as_dict(), "tau": 0.5}), tmp_path, resume=True, progress=False)
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+    real, calls = softq.rl.a2c.a2c_loss, {"n": 0}
+
+    def poisoned(*a, **k):
+        calls["n"] += 1
+        loss, stats = real(*a, **k)
+        return (loss * float("nan") if calls["n"] == 7 else loss), stats
+
+    monkeypatch.setattr(softq.rl.a2c, "a2c_loss", poisoned)
+    cfg = Config(env="CartPole-v1", rule="soft_q", frames=400, num_envs=4, log_every=2, checkpoint_every=5)
+    with pytest.raises(NonFiniteLoss, match="update 7"):
+        train(cfg, tmp_path, progress=False)
+    state = torch.load(tmp_path / "checkpoint.pt", map_location="cpu", weights_only=False)
+    assert state["agent"]["updates"] == 5
+    assert json.loads((tmp_path / "status.json").read_text())["status"] == "failed"
+    assert main(["train", "--rule", "soft_q", "--frames", "400", "--num-envs", "4", "--env", "CartPole-v1",
+                 "--log-every", "2", "--out", str(tmp_path), "--resume", "--no-progress"]) == 0  # from update 5
+    assert json.loads((tmp_path / "status.json").read_text())["update"] == 20
+
+
+def test_several_runs_share_one_layout(tmp_path):
+    assert main(["train", "--rules", "naive,soft_q", "--seeds", "0,1", "--frames", "200", *CARTPOLE,
+                 "--log-every", "5", "--results", str(tmp_path), "--experiment", "demo", "--no-progress"]) == 0
+    for rule in ("naive", "soft_q"):
+        for seed in (0, 1):
+            run = tmp_path / "demo" / rule / f"seed{seed}"
+            assert json.loads((run / "status.json").read_text())["status"] == "done"
+            with open(run / "progress.csv") as f:
+                assert tuple(next(csv.reader(f))) == COLUMNS
+            assert json.loads((run / "config.json").read_text())["config"]["rule"] == rule
+
+
+@pytest.mark.parametrize("argv", [["--rule", "hard"], ["--tau", "-1"], ["--env", "Zork"], ["--frames", "1e6"],
+                                  ["--seeds", "a,b"], ["--num-envs", "0"]])
+def test_bad_command_lines_are_rejected(argv, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["train", *argv, "--out", str(tmp_path / "x")])
+    assert e.value.code == 2
+    name = argv[0].lstrip("-").replace("-", "_").rstrip("s") if argv[0] != "--env" else "Zork"
+    assert name.split("_")[0] in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("rule", ["proper", "soft_q"])
+def test_cartpole_learns(rule, tmp_path):
+    """A short CartPole run clearly learns (random play scores ~22): tuned for CartPole, not the Atari defaults."""
+    cfg = Config(env="CartPole-v1", rule=rule, frames=80_000, num_envs=8, lr=2e-3, lr_schedule="constant",
+                 log_every=100)
+    t0 = time.time()
+    result = train(cfg, tmp_path, progress=False)
+    print(f"{rule}: mean score of the last 100 games {result['score_mean100']:.1f} in {time.time() - t0:.1f}s")
+    assert result["score_mean100"] > 150
+
+
+def test_atari_resume_starts_fresh_games(tmp_path):
+    """Atari emulators are not saved: resume keeps weights/optimizer/RNG and says that the games restarted."""
+    cfg = Config(env="PongNoFrameskip-v4", rule="proper", frames=4 * 2 * 5 * 20, num_envs=2, env_threads=1,
+                 torch_threads=1, device="cpu", log_every=5, time_limit_minutes=1e-6)
+    assert train(cfg, tmp_path, progress=False)["status"] == "paused"
+    cfg = Config(**{**cfg.as_dict(), "time_limit_minutes": 0.0})
+    assert train(cfg, tmp_path, resume=True, progress=False)["update"] == 20
+    starts = json.loads((tmp_path / "config.json").read_text())["starts"]
+    assert [s["envs_restored"] for s in starts] == [None, False]
