@@ -57,7 +57,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--threads", type=int, default=0, help="env threads / processes (0: min(num_envs, cores))")
     b.add_argument("--seconds", type=float, default=10.0, help="length of each measurement")
     b.add_argument("--device", default="auto")
-    b.add_argument("--tag", help="file name (default: the hostname)")
+    b.add_argument("--tag", help="file name (default: the machine kind, e.g. cpu-2core)")
     b.add_argument("--out", type=Path, default=Path("results/bench"))
     return p
 

@@ -10,15 +10,15 @@ In one run, on one game with one number of environments and threads, four agent-
 - ``a2c_gymnasium``: the same A2C on that env.
 
 Saved with the machine (CPU model, cores, GPU) and package versions to ``results/bench/<tag>.json`` (tag: the
-hostname unless given). Short measurements (``--seconds``) are noisy on a shared machine: it is a benchmark, not a
-test (DESIGN.md: performance claims live here, never in a timed test).
+machine kind, e.g. ``cpu-2core``, unless given). Short measurements (``--seconds``) are noisy on a shared machine:
+it is a benchmark, not a test (DESIGN.md: performance claims live here, never in a timed test).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import socket
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -56,6 +56,12 @@ def _time_a2c(cfg: Config, seconds: float) -> float:
     return sps
 
 
+def machine_tag(m: dict[str, Any]) -> str:
+    """A file name for a kind of machine, e.g. ``cpu-2core`` or ``NVIDIA-H100-80GB-HBM3-16core``."""
+    kind = re.sub(r"[^A-Za-z0-9]+", "-", m["gpu"]).strip("-") if m.get("gpu") else "cpu"
+    return f"{kind}-{m['cores']}core"
+
+
 def run_bench(game: str = "pong", num_envs: int = 16, threads: int = 0, seconds: float = 10.0,
               device: str = "auto", tag: str | None = None, out_dir: str | Path = "results/bench") -> dict[str, Any]:
     """Measure the four figures (module docstring), print them, save and return the JSON record."""
@@ -80,7 +86,7 @@ def run_bench(game: str = "pong", num_envs: int = 16, threads: int = 0, seconds:
               f"A2C {figures[f'a2c_{backend}']:9.0f} steps/s", flush=True)
     record["steps_per_second"] = figures
     record["device"] = str(softq_config.device(None if device == "auto" else device))
-    out = Path(out_dir) / f"{tag or socket.gethostname()}.json"
+    out = Path(out_dir) / f"{tag or machine_tag(record['machine'])}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=2) + "\n")
     print(f"saved {out}")
