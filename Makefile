@@ -54,8 +54,10 @@ lab: $(STAMP)
 clean:
 	rm -rf build
 
-# Deep RL (softq.rl). `make bench`: env and A2C throughput on this machine -> results/bench/<hostname>.json.
-# `make train ARGS="--env CartPole-v1 --rule proper --frames 100000 --lr 2e-3 --num-envs 8"`: one or more runs.
+# Deep RL (softq.rl). `make bench`: env, A2C and DQN throughput on this machine -> results/bench/<machine kind>.json
+#   (`make bench ARGS="--what dqn --dqn-num-envs 8,16"`: the DQN figures only).
+# `make train ARGS="--env CartPole-v1 --rule proper --frames 100000 --lr 2e-3 --num-envs 8"`: one or more A2C runs;
+# `make train ARGS="--algo dqn --target soft_ent --tau 0.1 --n-step 5"`: DQN (Section 6.2) on Pong, 10M frames.
 .PHONY: bench train
 bench: $(STAMP)
 	$(PY) -m softq.rl bench $(ARGS)

@@ -1,19 +1,32 @@
 """Figures of the book, written by code: :func:`savefig` saves every figure as PNG (notebooks, README) and SVG.
 
+Learning curves in the paper's style (Figures 1-3: the mean over seeds as a solid line, one standard deviation
+shaded) are read from the results layout of :mod:`softq.rl.runs`, ``<experiment>/<rule>/seed<k>/progress.csv``:
+:func:`read_runs`, :func:`curve_stats`, :func:`plot_learning_curves`, :func:`learning_curve_grid`.
+
 In smoke mode (``softq.config.SMOKE``) figures go to ``build/figures-smoke/`` so a smoke run never overwrites the
 book's figures in ``figures/``.
 """
 
 from __future__ import annotations
 
+import csv
+import math
 import re
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 
 from softq import config
 
-__all__ = ["figure_dir", "savefig"]
+__all__ = ["figure_dir", "savefig", "read_runs", "has_runs", "curve_stats", "plot_learning_curves",
+           "learning_curve_grid", "RULE_STYLE"]
+
+#: Colours and labels of the update rules in every learning-curve figure.
+RULE_STYLE = {"naive": ("C1", "naive (1-step entropy bonus, eq 79)"),
+              "proper": ("C0", "proper (entropy in the returns, eq 80)"),
+              "soft_q": ("C2", "soft Q-learning, Q = V + tau log pi (Sec 6.3)")}
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]*$")
 
@@ -38,3 +51,99 @@ def savefig(fig, name: str, *, dpi: int = 150) -> tuple[Path, Path]:
     with matplotlib.rc_context({"svg.hashsalt": name}):
         fig.savefig(svg, bbox_inches="tight", metadata={"Date": None})
     return png, svg
+
+
+def _read_csv(path: Path, x: str, y: str) -> tuple[np.ndarray, np.ndarray]:
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if rows and (x not in rows[0] or y not in rows[0]):
+        raise ValueError(f"{path}: needs columns {x!r} and {y!r}, has {list(rows[0])}")
+
+    def num(v: str) -> float:
+        return float(v) if v not in ("", None) else math.nan
+
+    return np.array([num(r[x]) for r in rows]), np.array([num(r[y]) for r in rows])
+
+
+def read_runs(experiment: str | Path, rule: str, *, x: str = "frames", y: str = "score_mean100"
+              ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """``{seed: (x [n], y [n])}`` from ``<experiment>/<rule>/seed<k>/progress.csv``, every seed that has rows.
+
+    Runs still in progress (``status.json`` "running" or "paused") are read as far as they got.
+    """
+    out = {}
+    for d in sorted(Path(experiment, rule).glob("seed*")):
+        m = re.fullmatch(r"seed(\d+)", d.name)
+        if m and (d / "progress.csv").exists():
+            xs, ys = _read_csv(d / "progress.csv", x, y)
+            if len(xs):
+                out[int(m.group(1))] = (xs, ys)
+    return out
+
+
+def has_runs(experiment: str | Path, rules) -> bool:
+    """Whether ``experiment`` holds at least one logged run of every rule in ``rules``."""
+    return Path(experiment).is_dir() and all(read_runs(experiment, r) for r in rules)
+
+
+def curve_stats(runs: dict[int, tuple[np.ndarray, np.ndarray]], ddof: int = 1
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """``(x, mean, std, n_seeds)`` over seeds, at the x values every seed has logged (runs of one config log on
+    the same grid; a run still going is cut to the common part). ``std`` is over seeds with ``ddof`` (1: the
+    sample standard deviation; 0 with a single seed). Points where a seed has no value yet (NaN: no game finished)
+    are NaN in ``mean``."""
+    if not runs:
+        raise ValueError("curve_stats: no runs")
+    common = sorted(set.intersection(*(set(xs.tolist()) for xs, _ in runs.values())))
+    x = np.array(common, dtype=float)
+    ys = np.stack([yv[np.searchsorted(xs, x)] for xs, yv in runs.values()])  # x: logged by every seed
+    n = len(runs)
+    mean = ys.mean(0)
+    std = ys.std(0, ddof=ddof if n > ddof else 0)
+    return x, mean, std, n
+
+
+def plot_learning_curves(ax, experiment: str | Path, rules, *, y: str = "score_mean100", ddof: int = 1,
+                         labels: dict[str, str] | None = None) -> dict[str, dict[str, float]]:
+    """Draw each rule's mean over seeds (solid) and one standard deviation (shaded) on ``ax``; return, per rule,
+    ``{"n_seeds", "final_mean", "final_std", "frames"}`` (the last common point)."""
+    summary = {}
+    for rule in rules:
+        runs = read_runs(experiment, rule, y=y)
+        if not runs:
+            continue
+        x, mean, std, n = curve_stats(runs, ddof)
+        color, label = RULE_STYLE.get(rule, (None, rule))
+        label = (labels or {}).get(rule, label)
+        ax.plot(x, mean, color=color, lw=1.5, label=f"{label}, {n} seed{'s' * (n > 1)}")
+        ax.fill_between(x, mean - std, mean + std, color=color, alpha=0.25, lw=0)
+        summary[rule] = {"n_seeds": n, "final_mean": float(mean[-1]), "final_std": float(std[-1]),
+                         "frames": float(x[-1])}
+    ax.set_xlabel("frames")
+    ax.set_ylabel("mean score, last 100 games" if y == "score_mean100" else y)
+    return summary
+
+
+def learning_curve_grid(experiments: dict[str, str | Path], rules, *, ncols: int = 3, y: str = "score_mean100",
+                        ddof: int = 1, suptitle: str | None = None):
+    """One panel per experiment (e.g. per Atari game: ``{"Pong": results/a2c-PongNoFrameskip-v4, ...}``), the
+    paper's layout. Returns ``(fig, {title: plot_learning_curves summary})``."""
+    import matplotlib.pyplot as plt
+
+    if not experiments:
+        raise ValueError("learning_curve_grid: no experiments")
+    n = len(experiments)
+    ncols = min(ncols, n)
+    nrows = -(-n // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.3 * nrows), squeeze=False)
+    out = {}
+    for ax, (title, path) in zip(axes.flat, experiments.items(), strict=False):
+        out[title] = plot_learning_curves(ax, path, rules, y=y, ddof=ddof)
+        ax.set_title(title)
+    for ax in list(axes.flat)[n:]:
+        ax.set_visible(False)
+    axes.flat[0].legend(fontsize=7, loc="best")
+    if suptitle:
+        fig.suptitle(suptitle)
+    fig.tight_layout()
+    return fig, out

@@ -12,6 +12,7 @@ This module imports nothing of softq: everything else builds on it.
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -32,9 +33,30 @@ __all__ = [
     "discounted_sum",
     "n_step_soft_return",
     "td_errors",
+    "value_checks",
+    "DQN_BACKUPS",
+    "backup_value",
+    "backup_penalty",
+    "q_learning_target",
 ]
 
 _DIST_ATOL = 1e-6
+_VALUE_CHECKS = [True]  # see value_checks(): the checks that read tensor *values* on the host
+
+
+@contextlib.contextmanager
+def value_checks(enabled: bool):
+    """Turn the checks that read tensor values (probabilities sum to 1, ``dones`` hold 0/1) on or off in a block.
+
+    Those checks copy a value to the host: inside CUDA-graph capture that is an error, and on a GPU each one stalls
+    the pipeline. With ``value_checks(False)`` every function computes exactly the same numbers without them; shape
+    and argument (tau, gamma, n) checks stay on. The DQN agent turns them off around its captured update.
+    """
+    _VALUE_CHECKS.append(bool(enabled))
+    try:
+        yield
+    finally:
+        _VALUE_CHECKS.pop()
 
 
 def validate_tau(tau: float, name: str = "tau") -> float:
@@ -75,6 +97,8 @@ def validate_distribution(p: torch.Tensor, name: str = "pi_bar", atol: float = _
         raise ValueError(f"{name} must be a torch.Tensor of probabilities, got {type(p).__name__}")
     if p.ndim == 0 or p.shape[-1] == 0:
         raise ValueError(f"{name} must have a non-empty last (action) axis, got shape {tuple(p.shape)}")
+    if not _VALUE_CHECKS[-1]:
+        return p
     if not torch.all(torch.isfinite(p)) or torch.any(p < 0):
         raise ValueError(f"{name} must have finite non-negative entries, got min {p.min().item():.3g}")
     sums = p.sum(-1)
@@ -183,7 +207,7 @@ def _as_mask(dones: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         shape = tuple(dones.shape) if isinstance(dones, torch.Tensor) else type(dones).__name__
         raise ValueError(f"dones must be a tensor of shape {tuple(like.shape)} (like rewards), got {shape}")
     d = dones.to(like.dtype)
-    if not torch.all((d == 0) | (d == 1)):
+    if _VALUE_CHECKS[-1] and not torch.all((d == 0) | (d == 1)):
         raise ValueError("dones must hold only 0/1 (or bool) entries")
     return 1 - d
 
@@ -327,3 +351,102 @@ def td_errors(
     next_values = tail if per_step else torch.cat([values[1:], tail[-1:]], dim=0)
     c = rewards if kls is None else rewards - tau * kls
     return c + gamma * not_done * next_values - values
+
+
+# --- DQN backups (Section 6.2) ------------------------------------------------------------------------------------
+#
+# Eqs (82)-(83) as typed, ``y = r + gamma log sum_a' exp(Q(s',a')/tau) - log|A|`` and
+# ``y = r + gamma log sum_a' exp(Q(s',a')/tau)``, miss the factors tau (a log-sum-exp of Q/tau is in units of
+# 1/tau, and it does not tend to max Q as tau -> 0), and put the -log|A| outside the discount. The corrected
+# backups below are the soft values of Section 3 against a uniform pi_bar; chapter 7 shows the typed forms failing.
+
+#: The backups of eqs (81)-(83): standard, soft with a KL penalty against uniform, soft with an entropy bonus.
+DQN_BACKUPS = ("hard", "soft_kl", "soft_ent")
+
+
+def _check_backup(backup: str) -> str:
+    if backup not in DQN_BACKUPS:
+        raise ValueError(f"backup must be one of {DQN_BACKUPS}, got {backup!r}")
+    return backup
+
+
+def backup_value(q: torch.Tensor, tau: float, backup: str) -> torch.Tensor:
+    """The value of the next state in a DQN target ``y = r + gamma V(s')``: eqs (81)-(83), corrected.
+
+    - ``hard`` (eq 81): ``V = max_a Q(s', a)`` (``tau`` is ignored).
+    - ``soft_kl`` (eq 82 corrected): KL penalty against a uniform ``pi_bar``, ``V = V_Q = tau log E_uniform
+      exp(Q/tau) = tau log sum_a exp(Q/tau) - tau log|A|``: :func:`soft_value` with ``pi_bar=None``.
+    - ``soft_ent`` (eq 83 corrected): entropy bonus, ``V = tau log sum_a exp(Q/tau) = V_Q + tau log|A|``.
+
+    Each equals ``E_{a~pi}[Q(s', a)] - tau * backup_penalty(Q, tau, backup)`` at the Boltzmann policy
+    ``pi = pi^B_Q`` (greedy for ``hard``), eq (31). Shapes: ``q: [..., A]`` -> ``[...]``; stable for tiny tau.
+    """
+    backup = _check_backup(backup)
+    if q.ndim == 0:
+        raise ValueError(f"q must have an action axis (shape [..., A]), got a scalar {q.item()!r}")
+    if backup == "hard":
+        return q.max(dim=-1).values
+    v = soft_value(q, tau)
+    return v + validate_tau(tau) * math.log(q.shape[-1]) if backup == "soft_ent" else v
+
+
+def backup_penalty(q: torch.Tensor, tau: float, backup: str) -> torch.Tensor:
+    """The per-state penalty ``k(s)`` that an n-step soft return subtracts as ``- tau k(s)`` (eqs 34, 46).
+
+    At the target network's Boltzmann policy ``pi = pi^B_Q`` (:func:`boltzmann_policy`, uniform ``pi_bar``):
+    ``hard``: 0; ``soft_kl``: ``KL[pi || uniform]`` (:func:`kl`); ``soft_ent``: ``-H[pi]`` (:func:`entropy`), i.e.
+    ``KL[pi || uniform] - log|A|``: the entropy bonus ``+ tau H`` of Section 6.2. Shapes: ``[..., A]`` -> ``[...]``.
+    """
+    backup = _check_backup(backup)
+    if backup == "hard":
+        return torch.zeros(q.shape[:-1], dtype=q.dtype, device=q.device)
+    pi = boltzmann_policy(q, tau)
+    return kl(pi) if backup == "soft_kl" else -entropy(pi)
+
+
+def q_learning_target(
+    rewards: torch.Tensor,
+    q_next: torch.Tensor,
+    terminal: torch.Tensor,
+    truncated: torch.Tensor | None,
+    gamma: float,
+    tau: float,
+    backup: str,
+) -> torch.Tensor:
+    """The n-step DQN target from step t for the backups of eqs (81)-(83); n = 1 gives those equations (corrected).
+
+    ``n = rewards.shape[0]`` steps t, ..., t+n-1 of one window. With ``V = backup_value`` and
+    ``k = backup_penalty`` of the target network's ``Q`` (``q_next``), the target is eq (46),
+
+        ``y_t = tau k(s_t) + sum_{d<m} gamma^d (r_{t+d} - tau k(s_{t+d})) + gamma^m V(s_{t+m})``
+        ``    = r_t + sum_{1<=d<m} gamma^d (r_{t+d} - tau k(s_{t+d})) + gamma^m V(s_{t+m})``,
+
+    ``m = n``, or fewer where the episode stops inside the window: after a ``terminal`` step t+d the sum ends with
+    nothing bootstrapped (``m = d + 1``, no ``V``); after a ``truncated`` step (a time-limit cut, not terminal) it
+    ends and bootstraps from ``V(s_{t+d+1})``. The intermediate penalties are those of the target network's
+    Boltzmann policy (KL against uniform for ``soft_kl``, minus the entropy for ``soft_ent``, 0 for ``hard``: the
+    standard n-step DQN target); the actions a_{t+1..} came from the behaviour policy, uncorrected, as in n-step
+    DQN. Computed by :func:`n_step_soft_return` (the cut's bootstrap folded into that step's reward).
+
+    Shapes: ``rewards, terminal, truncated: [n, ...]`` (``truncated=None``: no cuts), ``q_next: [n, ..., A]`` with
+    ``q_next[d] = Q(s_{t+d+1}, .)`` -> ``[...]``.
+    """
+    backup = _check_backup(backup)
+    rewards = _check_rollout(rewards, None)
+    if not isinstance(q_next, torch.Tensor) or tuple(q_next.shape[:-1]) != tuple(rewards.shape):
+        shape = tuple(q_next.shape) if isinstance(q_next, torch.Tensor) else type(q_next).__name__
+        raise ValueError(f"q_next must have shape {tuple(rewards.shape)} + (A,) (rewards' shape, actions), got {shape}")
+    gamma = validate_gamma(gamma)
+    v = backup_value(q_next, tau, backup).to(rewards.dtype)  # v[d] = V(s_{t+d+1})
+    dones = terminal.to(torch.bool)
+    if truncated is not None:
+        if not isinstance(truncated, torch.Tensor) or truncated.shape != rewards.shape:
+            raise ValueError(f"truncated must have shape {tuple(rewards.shape)} (like rewards) or be None")
+        cut = truncated.to(torch.bool) & ~dones
+        rewards = rewards + gamma * cut.to(rewards.dtype) * v
+        dones = dones | cut
+    kls = None
+    if backup != "hard" and rewards.shape[0] > 1:  # n = 1: no intermediate state, no penalty
+        k = backup_penalty(q_next[:-1], tau, backup).to(rewards.dtype)  # k(s_{t+1}), ..., k(s_{t+n-1})
+        kls = torch.cat([torch.zeros_like(rewards[:1]), k], dim=0)  # eq (46)'s tau k(s_t) cancels its d=0 term
+    return n_step_soft_return(rewards, kls, v[-1], dones, gamma, tau)[0]

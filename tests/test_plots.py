@@ -37,3 +37,48 @@ def test_bad_names_are_rejected(name):
     with pytest.raises(ValueError, match="name"):
         plots.savefig(_figure(), name)
     plt.close("all")
+
+
+def _write_run(root, rule, seed, frames, scores):
+    d = root / rule / f"seed{seed}"
+    d.mkdir(parents=True)
+    lines = ["frames,updates,score_mean100"] + [f"{f},{i},{'' if s is None else s}"
+                                                for i, (f, s) in enumerate(zip(frames, scores, strict=True))]
+    (d / "progress.csv").write_text("\n".join(lines) + "\n")
+
+
+def test_learning_curves_mean_and_std_over_seeds(tmp_path):
+    """Mean and sample standard deviation at the frames every seed has logged; a run in progress is cut there."""
+    import numpy as np
+
+    exp = tmp_path / "a2c-Test"
+    _write_run(exp, "proper", 0, [100, 200, 300], [None, 2.0, 4.0])
+    _write_run(exp, "proper", 1, [100, 200, 300], [1.0, 4.0, 8.0])
+    _write_run(exp, "proper", 2, [100, 200], [1.0, 6.0])  # still running
+    _write_run(exp, "naive", 0, [100, 200], [5.0, 5.0])
+    runs = plots.read_runs(exp, "proper")
+    assert sorted(runs) == [0, 1, 2]
+    x, mean, std, n = plots.curve_stats(runs)
+    assert n == 3 and x.tolist() == [100.0, 200.0]
+    assert np.isnan(mean[0]) and mean[1] == 4.0 and abs(std[1] - 2.0) < 1e-12  # sd of 2, 4, 6 (ddof 1)
+    x1, mean1, std1, n1 = plots.curve_stats(plots.read_runs(exp, "naive"))
+    assert n1 == 1 and std1.tolist() == [0.0, 0.0]  # one seed: no spread, no NaN
+    assert plots.has_runs(exp, ("naive", "proper")) and not plots.has_runs(exp, ("soft_q",))
+    assert not plots.has_runs(tmp_path / "missing", ("proper",))
+    fig, out = plots.learning_curve_grid({"Test": exp, "Again": exp}, ("naive", "proper", "soft_q"), ncols=1)
+    assert set(out["Test"]) == {"naive", "proper"} and out["Test"]["proper"]["final_mean"] == 4.0
+    assert out["Test"]["proper"]["frames"] == 200.0 and out["Test"]["proper"]["n_seeds"] == 3
+    assert len(fig.axes) == 2
+    plt.close("all")
+
+
+def test_learning_curves_reject_bad_input(tmp_path):
+    with pytest.raises(ValueError, match="no runs"):
+        plots.curve_stats({})
+    with pytest.raises(ValueError, match="no experiments"):
+        plots.learning_curve_grid({}, ("proper",))
+    d = tmp_path / "e" / "proper" / "seed0"
+    d.mkdir(parents=True)
+    (d / "progress.csv").write_text("frames,loss\n1,2\n")
+    with pytest.raises(ValueError, match="score_mean100"):
+        plots.read_runs(tmp_path / "e", "proper")

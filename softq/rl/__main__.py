@@ -5,10 +5,15 @@ Examples::
     python -m softq.rl train --rule proper --env CartPole-v1 --seed 0 --frames 100000 --lr 2e-3 --num-envs 8
     python -m softq.rl train --env PongNoFrameskip-v4 --rules naive,proper,soft_q --seeds 0,1,2 \\
         --frames 10000000 --experiment a2c-pong --parallel 3 --time-limit-minutes 9   # then again with --resume
+    python -m softq.rl train --algo dqn --target soft_ent --tau 0.1 --n-step 5 --env PongNoFrameskip-v4
+    python -m softq.rl train --algo dqn --targets hard,soft_kl,soft_ent --taus 0.1,0.01 --n-steps 1,5 \
+        --experiment dqn-pong --parallel 3 --time-limit-minutes 9   # 9 variants (hard once per n)
     python -m softq.rl bench --game pong --seconds 10
 
-Every field of :class:`softq.rl.a2c.Config` is an option (``--num-envs``, ``--tau``, ...); bad values are rejected
-with a message naming them. Runs go to ``results/<experiment>/<rule>/seed<k>/`` (see :mod:`softq.rl.runs`).
+Every field of the algorithm's Config (:class:`softq.rl.a2c.Config` for ``--algo a2c``, the default;
+:class:`softq.rl.dqn.Config` for ``--algo dqn``) is an option (``--num-envs``, ``--tau``, ...), with that
+algorithm's defaults; bad values are rejected with a message naming them. Runs go to
+``results/<experiment>/<rule>/seed<k>/`` (see :mod:`softq.rl.runs`).
 """
 
 from __future__ import annotations
@@ -18,7 +23,8 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from softq.rl.a2c import RULES, Config
+from softq.rl.a2c import RULES
+from softq.rl.runs import config_class
 
 
 def _list(kind):
@@ -35,15 +41,25 @@ def _list(kind):
     return parse
 
 
-def _parser() -> argparse.ArgumentParser:
+def _algo(argv: list[str]) -> str:
+    """The value of ``--algo`` in ``argv`` (default a2c): it decides which Config's fields are options."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--algo", default="a2c")
+    return pre.parse_known_args(argv)[0].algo
+
+
+def _parser(algo: str = "a2c") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m softq.rl", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train one run, or several (rule, seed) runs")
-    for f in dataclasses.fields(Config):
+    for f in dataclasses.fields(config_class(algo)):
         kind = type(f.default)
         t.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=f.default,
                        help=f"(default {f.default!r})")
-    t.add_argument("--rules", type=_list(str), help=f"several rules, comma-separated, from {RULES}")
+    t.add_argument("--rules", type=_list(str), help=f"A2C: several rules, comma-separated, from {RULES}")
+    t.add_argument("--targets", type=_list(str), help="DQN: several targets, comma-separated (hard,soft_kl,soft_ent)")
+    t.add_argument("--taus", type=_list(float), help="DQN: several temperatures of the soft targets")
+    t.add_argument("--n-steps", type=_list(int), help="DQN: several lookaheads n")
     t.add_argument("--seeds", type=_list(int), help="several seeds, comma-separated")
     t.add_argument("--out", type=Path, help="the run's folder (one run only); default results/<experiment>/...")
     t.add_argument("--results", type=Path, default=Path("results"), help="root of the results layout")
@@ -59,30 +75,47 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--device", default="auto")
     b.add_argument("--tag", help="file name (default: the machine kind, e.g. cpu-2core)")
     b.add_argument("--out", type=Path, default=Path("results/bench"))
+    b.add_argument("--what", type=_list(str), default=["a2c", "dqn"], help="figures to measure: a2c, dqn")
+    b.add_argument("--dqn-num-envs", type=_list(int), default=[8], help="DQN: numbers of envs to measure")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = _parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    algo = _algo(argv)
+    parser = _parser(algo if algo in ("a2c", "dqn") else "a2c")
+    if argv[:1] == ["train"] and algo not in ("a2c", "dqn"):
+        parser.error(f"argument --algo: must be 'a2c' or 'dqn', got {algo!r}")
     args = parser.parse_args(argv)
     if args.command == "bench":
         from softq.rl.bench import run_bench
 
         run_bench(game=args.game, num_envs=args.num_envs, threads=args.threads, seconds=args.seconds,
-                  device=args.device, tag=args.tag, out_dir=args.out)
+                  device=args.device, tag=args.tag, out_dir=args.out, what=args.what, dqn_num_envs=args.dqn_num_envs)
         return 0
 
     from softq.rl.a2c import NonFiniteLoss
     from softq.rl.runs import launch, run_dir, train
 
-    rules = args.rules or [args.rule]
+    cls = config_class(args.algo)
     seeds = args.seeds or [args.seed]
-    base = {f.name: getattr(args, f.name) for f in dataclasses.fields(Config)}
+    base = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)}
+    if args.algo == "a2c":
+        if args.targets or args.taus or args.n_steps:
+            parser.error("--targets, --taus and --n-steps are DQN options (--algo dqn)")
+        variants = [{"rule": rule} for rule in (args.rules or [args.rule])]
+    else:
+        if args.rules:
+            parser.error("--rules is an A2C option; DQN takes --targets, --taus, --n-steps")
+        variants = []
+        for target in args.targets or [args.target]:
+            for tau in ([args.tau] if target == "hard" else args.taus or [args.tau]):  # hard has no tau
+                variants += [{"target": target, "tau": tau, "n_step": n} for n in args.n_steps or [args.n_step]]
     cfgs = []
     try:
-        for rule in rules:
+        for variant in variants:
             for seed in seeds:
-                cfgs.append(Config(**{**base, "rule": rule, "seed": seed}))
+                cfgs.append(cls(**{**base, **variant, "seed": seed}))
     except ValueError as e:
         parser.error(str(e))
     if args.parallel < 1:

@@ -45,7 +45,8 @@ from softq.rl.envs import CLASSIC_ENVS, VecEnv, is_atari, make_env
 from softq.rl.nets import make_net
 
 __all__ = [
-    "RULES", "Config", "auto_torch_threads", "NonFiniteLoss", "A2C", "a2c_loss", "reset_placeholders", "masked_mean",
+    "RULES", "Config", "auto_torch_threads", "NonFiniteLoss", "A2C", "a2c_loss", "dueling_soft_q_loss",
+    "reset_placeholders", "masked_mean",
 ]
 
 RULES = ("naive", "proper", "soft_q")
@@ -232,22 +233,51 @@ def a2c_loss(
         stats.update(policy_loss=policy.detach(), value_loss=value.detach(), q_loss=torch.tensor(float("nan")))
     elif rule == "soft_q":
         # Section 6.3 scaling; the paper's "1/gamma" for the advantage stream is an erratum for 1/tau.
-        q = regularized.q_from_value_and_policy(
-            losses.scale_grad(v, value_coef), losses.scale_grad(log_pi, 1.0 / tau), tau
-        )  # [T+1, B, A]
-        state_values = regularized.soft_value(q.detach(), tau)  # V_Q(s) = V(s) here
-        r, kl_fixed, dones = reset_placeholders(rewards, kls.detach(), terminal, reset, state_values)
-        target = tau * kl_fixed + regularized.n_step_soft_return(
-            r, kl_fixed, state_values[horizon], dones, gamma, tau
-        )
-        q_taken = q[:horizon].gather(-1, actions[..., None])[..., 0]
-        loss = masked_mean(losses.soft_q_loss(q_taken, target), weight)
+        loss = dueling_soft_q_loss(log_pi, v, actions, rewards, terminal, reset, gamma, tau,
+                                   value_scale=value_coef, advantage_scale=1.0 / tau, kls=kls.detach())
         nan = torch.tensor(float("nan"))
         stats.update(policy_loss=nan, value_loss=nan, q_loss=loss.detach())
     else:
         raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
     stats["loss"] = loss.detach()
     return loss, stats
+
+
+def dueling_soft_q_loss(
+    log_pi: torch.Tensor,
+    v: torch.Tensor,
+    actions: torch.Tensor,
+    rewards: torch.Tensor,
+    terminal: torch.Tensor,
+    reset: torch.Tensor,
+    gamma: float,
+    tau: float,
+    value_scale: float = 1.0,
+    advantage_scale: float = 1.0,
+    kls: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Soft Q-learning (eqs 44, 46) of the dueling ``Q = V' + tau log pi'`` (Section 6.3), gradients rescaled.
+
+    ``V'`` and ``log pi'`` are ``v`` and ``log_pi`` with their gradients multiplied by ``value_scale`` and
+    ``advantage_scale`` (:func:`softq.losses.scale_grad`; the forward pass is unchanged). ``(1, 1)`` is plain soft
+    Q-learning, whose expected gradient is ``tau`` times A2C's with value coefficient ``c = 1/tau`` (chapter 4);
+    :func:`a2c_loss` rule ``soft_q`` is ``(value_coef, 1/tau)``, A2C's expected gradient with coefficient ``c``
+    (chapter 8). Target ``y_t = tau KL_t + n_step_soft_return(r, KL, V_Q(s_T))``, held fixed; mean over the real
+    transitions (``~reset``). Shapes as in :func:`a2c_loss`; ``kls: [T, B]``, the KL of ``pi`` at ``s_0..s_{T-1}``
+    (computed from ``log_pi`` when not given), is held fixed. Returns the scalar loss.
+    """
+    horizon = actions.shape[0]
+    weight = (~reset).to(v.dtype)
+    if kls is None:
+        kls = regularized.kl(log_pi[:horizon].exp())
+    q = regularized.q_from_value_and_policy(
+        losses.scale_grad(v, value_scale), losses.scale_grad(log_pi, advantage_scale), tau
+    )  # [T+1, B, A]
+    state_values = regularized.soft_value(q.detach(), tau)  # V_Q(s) = V(s) here
+    r, kl_fixed, dones = reset_placeholders(rewards, kls.detach(), terminal, reset, state_values)
+    target = tau * kl_fixed + regularized.n_step_soft_return(r, kl_fixed, state_values[horizon], dones, gamma, tau)
+    q_taken = q[:horizon].gather(-1, actions[..., None])[..., 0]
+    return masked_mean(losses.soft_q_loss(q_taken, target), weight)
 
 
 # --- the agent ----------------------------------------------------------------------------------------------------

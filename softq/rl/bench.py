@@ -9,6 +9,11 @@ In one run, on one game with one number of environments and threads, four agent-
   (one process per environment), random actions.
 - ``a2c_gymnasium``: the same A2C on that env.
 
+and, for DQN (``--what dqn``; :mod:`softq.rl.dqn`), training env steps per second at the paper's replay ratio
+(one batch of 32 per 4 env steps, after learning has started; 1M-transition replay on the training device,
+CUDA graphs where CUDA is), ``dqn_<target>_n<n>_B<num_envs>``, and the replay alone,
+``replay_sample_n<n>_batches_per_s`` (batches of 32 n-step windows with their stacked observations).
+
 Saved with the machine (CPU model, cores, GPU) and package versions to ``results/bench/<tag>.json`` (tag: the
 machine kind, e.g. ``cpu-2core``, unless given). Short measurements (``--seconds``) are noisy on a shared machine:
 it is a benchmark, not a test (DESIGN.md: performance claims live here, never in a timed test).
@@ -26,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from softq import config as softq_config
+from softq.rl import dqn
 from softq.rl.a2c import A2C, Config
 from softq.rl.envs import make_env
 from softq.rl.runs import machine, versions
@@ -56,6 +62,36 @@ def _time_a2c(cfg: Config, seconds: float) -> float:
     return sps
 
 
+def _time_dqn(cfg: dqn.Config, seconds: float) -> float:
+    agent = dqn.DQN(cfg)
+    while agent.grad_steps < 20:  # fill the replay to learning_starts, then warm up (CUDA graph capture)
+        agent.step()
+    steps, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        agent.step()
+        steps += cfg.num_envs
+    sps = steps / (time.perf_counter() - t0)
+    agent.env.close()
+    return sps
+
+
+def _time_replay(cfg: dqn.Config, seconds: float) -> float:
+    agent = dqn.DQN(cfg)
+    while len(agent.replay) < 10 * cfg.batch_size:
+        agent.step()
+    sample = agent.replay.sample
+    for _ in range(3):
+        sample(cfg.batch_size, agent.gen)
+    batches, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        b = sample(cfg.batch_size, agent.gen)
+        batches += 1
+    float(b.rewards.sum())  # wait for the device
+    rate = batches / (time.perf_counter() - t0)
+    agent.env.close()
+    return rate
+
+
 def machine_tag(m: dict[str, Any]) -> str:
     """A file name for a kind of machine, e.g. ``cpu-2core`` or ``NVIDIA-H100-80GB-HBM3-16core``."""
     kind = re.sub(r"[^A-Za-z0-9]+", "-", m["gpu"]).strip("-") if m.get("gpu") else "cpu"
@@ -63,8 +99,12 @@ def machine_tag(m: dict[str, Any]) -> str:
 
 
 def run_bench(game: str = "pong", num_envs: int = 16, threads: int = 0, seconds: float = 10.0,
-              device: str = "auto", tag: str | None = None, out_dir: str | Path = "results/bench") -> dict[str, Any]:
-    """Measure the four figures (module docstring), print them, save and return the JSON record."""
+              device: str = "auto", tag: str | None = None, out_dir: str | Path = "results/bench",
+              what: tuple[str, ...] | list[str] = ("a2c", "dqn"), dqn_num_envs: tuple[int, ...] | list[int] = (8,),
+              ) -> dict[str, Any]:
+    """Measure the figures named in ``what`` (module docstring), print them, save and return the JSON record.
+
+    Figures already in the machine's file and not measured now are kept."""
     threads = threads or min(num_envs, os.cpu_count() or 1)
     cfg = Config(env=game, rule="proper", frames=10**12, num_envs=num_envs, env_threads=threads, device=device)
     record: dict[str, Any] = {
@@ -72,8 +112,10 @@ def run_bench(game: str = "pong", num_envs: int = 16, threads: int = 0, seconds:
         "game": game, "num_envs": num_envs, "env_threads": threads, "seconds_each": seconds,
         "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "machine": machine(), "versions": versions(),
     }
-    figures: dict[str, float | str] = {}
-    for backend in ("ale", "gymnasium"):
+    out = Path(out_dir) / f"{tag or machine_tag(record['machine'])}.json"
+    old = json.loads(out.read_text()) if out.exists() else {}
+    figures: dict[str, float | str] = dict(old.get("steps_per_second", {}))
+    for backend in ("ale", "gymnasium") if "a2c" in what else ():
         try:
             env = make_env(game, num_envs, threads=threads, backend=backend)
         except Exception as e:  # e.g. opencv missing for gymnasium's AtariPreprocessing
@@ -84,9 +126,27 @@ def run_bench(game: str = "pong", num_envs: int = 16, threads: int = 0, seconds:
         figures[f"a2c_{backend}"] = _time_a2c(Config(**{**cfg.as_dict(), "env_backend": backend}), seconds)
         print(f"{backend:10s} env random {figures[f'env_{backend}_random']:9.0f} steps/s   "
               f"A2C {figures[f'a2c_{backend}']:9.0f} steps/s", flush=True)
+    if "a2c" not in what and "time" in old:  # the A2C figures kept from the file keep their date
+        record["time"] = old["time"]
+    if "dqn" in what:
+        record["time_dqn"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+        record["dqn"] = ("DQN training env steps/s after learning starts: replay 1M on the device, batch 32 every 4 "
+                         "env steps, Pong; replay_sample: batches of 32 windows/s")
+        for b in dqn_num_envs:
+            for target, n in (("hard", 1), ("soft_ent", 1), ("soft_ent", 5)):
+                cfg = dqn.Config(env=game, target=target, tau=0.1, n_step=n, num_envs=b, learning_starts=2000,
+                                 frames=10**12, env_threads=min(threads, b), device=device)
+                key = f"dqn_{target}_n{n}_B{b}"
+                figures[key] = _time_dqn(cfg, seconds)
+                print(f"{key:24s} {figures[key]:9.0f} env steps/s", flush=True)
+        for n in (1, 5):
+            cfg = dqn.Config(env=game, n_step=n, num_envs=dqn_num_envs[0], frames=10**12, device=device,
+                             env_threads=min(threads, dqn_num_envs[0]))
+            key = f"replay_sample_n{n}_batches_per_s"
+            figures[key] = _time_replay(cfg, seconds)
+            print(f"{key:24s} {figures[key]:9.0f} batches/s", flush=True)
     record["steps_per_second"] = figures
     record["device"] = str(softq_config.device(None if device == "auto" else device))
-    out = Path(out_dir) / f"{tag or machine_tag(record['machine'])}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=2) + "\n")
     print(f"saved {out}")

@@ -8,6 +8,9 @@ rules train the very same network. Classic control uses an MLP trunk (two tanh l
 
 Initialization follows OpenAI baselines (orthogonal: gain sqrt(2) in the trunk, 0.01 for the policy, 1 for the
 value; zero biases), so that the initial policy is nearly uniform.
+
+DQN (Section 6.2) uses the same trunks under one linear head of action values, :class:`QNetwork` (the Nature DQN
+network: the CNN trunk and a 512 -> A layer).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import math
 import torch
 from torch import nn
 
-__all__ = ["ActorCritic", "nature_cnn", "mlp_trunk", "make_net"]
+__all__ = ["ActorCritic", "QNetwork", "nature_cnn", "mlp_trunk", "make_net", "make_q_net"]
 
 
 def _init(layer: nn.Module, gain: float) -> nn.Module:
@@ -75,4 +78,30 @@ def make_net(obs_shape: tuple[int, ...], n_actions: int, hidden: int = 64) -> Ac
         return ActorCritic(nature_cnn(obs_shape[0]), 512, n_actions, image=True).float()
     if len(obs_shape) == 1:
         return ActorCritic(mlp_trunk(obs_shape[0], hidden), hidden, n_actions, image=False).float()
+    raise ValueError(f"obs_shape must be [C, H, W] (images) or [d] (vectors), got {obs_shape}")
+
+
+class QNetwork(nn.Module):
+    """``forward(obs) -> q [N, A]``: action values for DQN (Section 6.2), a trunk and one linear head.
+
+    ``obs: [N, *obs_shape]``; images (uint8) are divided by 255 inside the network, so the replay stores bytes.
+    """
+
+    def __init__(self, trunk: nn.Module, features: int, n_actions: int, image: bool):
+        super().__init__()
+        self.trunk = trunk
+        self.image = image
+        self.head = _init(nn.Linear(features, n_actions), 1.0)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        x = obs.float() / 255.0 if self.image else obs.float()
+        return self.head(self.trunk(x))
+
+
+def make_q_net(obs_shape: tuple[int, ...], n_actions: int, hidden: int = 64) -> QNetwork:
+    """The Nature DQN network for image stacks ``[C, 84, 84]``, an MLP one for flat ``[d]`` observations (float32)."""
+    if len(obs_shape) == 3:
+        return QNetwork(nature_cnn(obs_shape[0]), 512, n_actions, image=True).float()
+    if len(obs_shape) == 1:
+        return QNetwork(mlp_trunk(obs_shape[0], hidden), hidden, n_actions, image=False).float()
     raise ValueError(f"obs_shape must be [C, H, W] (images) or [d] (vectors), got {obs_shape}")

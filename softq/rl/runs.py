@@ -12,8 +12,11 @@ Layout (what plotting code reads)::
         checkpoint.pt    everything needed to continue (written atomically: tmp file + os.replace); not for git
         status.json      "running" | "paused" (time limit / signal: continue with --resume) | "done" | "failed"
 
-``<experiment>`` defaults to ``a2c-<env>``. A run that stops early loses at most its last checkpoint interval
-(``checkpoint_minutes``, default 5).
+``<experiment>`` defaults to ``<algo>-<env>``; ``<rule>`` is A2C's rule or DQN's variant (``hard``,
+``soft_ent_tau0.1_n5``, ...: :attr:`softq.rl.dqn.Config.rule`). A DQN run logs the columns of
+:data:`softq.rl.dqn.COLUMNS` (its ``updates`` are vector steps) and records in each "starts" entry whether its replay
+was restored (``replay_restored``; see :mod:`softq.rl.dqn`: an Atari-sized replay is not saved, resume refills it).
+A run that stops early loses at most its last checkpoint interval (``checkpoint_minutes``, default 5).
 
 Resume. ``--resume`` loads ``checkpoint.pt``, truncates ``progress.csv`` to the rows written before it, and goes on.
 On CPU with classic control the checkpoint holds the network, optimizer, the torch / numpy / sampling random states,
@@ -47,13 +50,34 @@ import torch
 
 from softq.rl.a2c import A2C, Config, NonFiniteLoss
 
-__all__ = ["COLUMNS", "RUN_CONTROL", "run_dir", "versions", "machine", "train", "launch"]
+__all__ = ["COLUMNS", "RUN_CONTROL", "run_dir", "versions", "machine", "config_class", "make_agent", "train",
+           "launch"]
 
 COLUMNS = ("frames", "updates", "episodes", "score_mean100", "score_count", "loss", "policy_loss", "value_loss",
            "q_loss", "entropy", "kl", "grad_norm", "lr", "sps", "wall_s")
 #: Config fields that may change on --resume (they do not change what is computed).
 RUN_CONTROL = ("device", "env_threads", "torch_threads", "checkpoint_minutes", "checkpoint_every",
-               "time_limit_minutes")
+               "time_limit_minutes", "cuda_graph", "checkpoint_replay_mb")
+
+
+def config_class(algo: str):
+    """The Config class of ``algo``: :class:`softq.rl.a2c.Config` or :class:`softq.rl.dqn.Config`."""
+    if algo == "a2c":
+        return Config
+    if algo == "dqn":
+        from softq.rl.dqn import Config as DQNConfig
+
+        return DQNConfig
+    raise ValueError(f"algo must be 'a2c' or 'dqn', got {algo!r}")
+
+
+def make_agent(cfg):
+    """The agent of ``cfg.algo``: :class:`softq.rl.a2c.A2C` or :class:`softq.rl.dqn.DQN`."""
+    if cfg.algo == "dqn":
+        from softq.rl.dqn import DQN
+
+        return DQN(cfg)
+    return A2C(cfg)
 
 
 def run_dir(results: str | Path, experiment: str, rule: str, seed: int) -> Path:
@@ -132,7 +156,7 @@ class _Stop:
             signal.signal(sig, old)
 
 
-def train(cfg: Config, out: str | Path, *, resume: bool = False, progress: bool = True) -> dict[str, Any]:
+def train(cfg, out: str | Path, *, resume: bool = False, progress: bool = True) -> dict[str, Any]:
     """Train one run into ``out`` (layout in the module docstring); returns the final status dict.
 
     ``resume=True`` continues from ``out/checkpoint.pt`` (the config saved there must equal ``cfg`` except for the
@@ -143,7 +167,7 @@ def train(cfg: Config, out: str | Path, *, resume: bool = False, progress: bool 
     state = None
     if resume and ckpt_path.exists():
         state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        saved = Config.from_dict(state["config"])
+        saved = type(cfg).from_dict(state["config"])
         diff = {k: (v, getattr(cfg, k)) for k, v in saved.as_dict().items()
                 if k not in RUN_CONTROL and getattr(cfg, k) != v}
         if diff:
@@ -152,7 +176,8 @@ def train(cfg: Config, out: str | Path, *, resume: bool = False, progress: bool 
         raise FileExistsError(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
     out.mkdir(parents=True, exist_ok=True)
 
-    agent = A2C(cfg)
+    agent = make_agent(cfg)
+    columns = getattr(agent, "columns", COLUMNS)
     envs_restored = None  # a fresh start restores nothing
     starts = []
     if state is not None:
@@ -162,13 +187,16 @@ def train(cfg: Config, out: str | Path, *, resume: bool = False, progress: bool 
         if cfg_path.exists():
             starts = json.loads(cfg_path.read_text()).get("starts", [])
     starts.append({"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "update": agent.updates,
-                   "envs_restored": envs_restored, "command": " ".join(sys.argv)})
+                   "envs_restored": envs_restored, "command": " ".join(sys.argv), **getattr(agent, "info", {})})
     _write_json(cfg_path, {"config": cfg.as_dict(), "versions": versions(), "device": str(agent.device),
                            "machine": machine(), "frames_per_step": agent.env.frames_per_step,
                            "total_updates": agent.total_updates, "starts": starts})
     if envs_restored is False:
         print(f"[{out}] resumed at update {agent.updates}: Atari emulator states are not saved, the games in "
               "progress were lost and new games started", file=sys.stderr)
+    if state is not None and getattr(agent, "info", {}).get("replay_restored") is False:
+        print(f"[{out}] resumed at update {agent.updates}: the replay was not saved (too large); it refills with "
+              f"{agent.info['replay_refill_env_steps']} fresh env steps before training goes on", file=sys.stderr)
     new_log = state is None
     wall0 = state["wall_s"] if state is not None else 0.0
     t_start = time.perf_counter()
@@ -191,7 +219,7 @@ def train(cfg: Config, out: str | Path, *, resume: bool = False, progress: bool 
         with open(log_path, "w" if new_log else "a", newline="") as log_file, _Stop() as stop:
             writer = csv.writer(log_file)
             if new_log:
-                writer.writerow(COLUMNS)
+                writer.writerow(columns)
             while agent.updates < agent.total_updates:
                 try:
                     stats = agent.step()
@@ -208,7 +236,7 @@ def train(cfg: Config, out: str | Path, *, resume: bool = False, progress: bool 
                     row = {**stats, "frames": agent.frames, "updates": agent.updates, "episodes": agent.episodes,
                            "score_mean100": agent.score_mean(), "score_count": len(agent.scores), "sps": sps,
                            "wall_s": wall0 + now - t_start}
-                    writer.writerow([_fmt(row[c]) for c in COLUMNS])
+                    writer.writerow([_fmt(row[c]) for c in columns])
                     bar.set_postfix(score=f"{agent.score_mean():.1f}", sps=f"{sps:.0f}")
                 timed_out = cfg.time_limit_minutes > 0 and now - t_start >= 60 * cfg.time_limit_minutes
                 due = ((cfg.checkpoint_every and agent.updates % cfg.checkpoint_every == 0)
@@ -228,14 +256,14 @@ def train(cfg: Config, out: str | Path, *, resume: bool = False, progress: bool 
     return result
 
 
-def _cli_args(cfg: Config) -> list[str]:
+def _cli_args(cfg) -> list[str]:
     args = []
     for k, v in cfg.as_dict().items():
         args += [f"--{k.replace('_', '-')}", str(v)]
     return args
 
 
-def launch(cfgs: list[tuple[Config, Path]], *, resume: bool, parallel: int = 1, progress: bool = True) -> int:
+def launch(cfgs: list[tuple[Any, Path]], *, resume: bool, parallel: int = 1, progress: bool = True) -> int:
     """Run several (config, out) pairs: one after another in this process (``parallel=1``), or as up to
     ``parallel`` concurrent ``python -m softq.rl train`` subprocesses. Returns the number of failed runs."""
     failed = 0

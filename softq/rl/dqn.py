@@ -1,0 +1,446 @@
+"""DQN with the standard and the soft backups of Section 6.2, eqs (81)-(83), and their n-step forms.
+
+The paper "made a one-line change to a DQN implementation": only the target ``y_t`` differs between the runs;
+network, replay, target network and epsilon-greedy exploration are identical. Here the one line is
+:func:`softq.regularized.q_learning_target` with ``backup`` = ``target``:
+
+- ``hard`` (eq 81): ``y = r + gamma max_a' Qbar(s', a')``.
+- ``soft_kl`` (eq 82, corrected): KL penalty against a uniform ``pi_bar``,
+  ``y = r + gamma V(s')``, ``V = tau log sum_a' exp(Qbar(s', a')/tau) - tau log|A|`` (:func:`softq.regularized.
+  soft_value`). As typed, eq (82) reads ``r + gamma log sum exp(Q/tau) - log|A|``: the factors tau are missing and
+  -log|A| sits outside the discount (the book's chapter 7 shows the typed form failing, e.g. not tending to eq 81
+  as tau -> 0).
+- ``soft_ent`` (eq 83, corrected): entropy bonus, ``y = r + gamma tau log sum_a' exp(Qbar(s', a')/tau)``
+  ``= r + gamma (V_Q + tau log|A|)``; typed without the factors tau.
+
+``n_step`` > 1 (the paper's "5-step Q-learning") uses eq (46): ``y_t = r_t + sum_{1<=d<n} gamma^d (r_{t+d} -
+tau k(s_{t+d})) + gamma^n V(s_{t+n})`` with the penalty ``k`` of the target network's Boltzmann policy
+(KL against uniform, minus the entropy for ``soft_ent``, 0 for ``hard``); it stops at a terminal step (a lost life
+included) and bootstraps at a time-limit cut. n = 1 is eqs (81)-(83) exactly. Regression with
+:func:`softq.losses.soft_q_loss` (eq 44, ``1/2 (Q - y)^2``) or a Huber loss.
+
+Reference and hyperparameters. The paper does not list its DQN's settings (OpenAI's internal DQN of 2017). We use
+CleanRL's ``dqn_atari.py`` (Huang et al. 2022; Nature DQN, Mnih et al. 2015): it is public, single-file, and its
+published Pong runs reach about 20; its defaults are this :class:`Config`'s: Nature network, replay of 1M
+transitions, Adam (lr 1e-4, eps 1e-8), squared-error loss (CleanRL uses MSE, not Nature's Huber; ``--loss huber``
+gives Huber with delta 1), no gradient clipping, batch 32, gamma 0.99, learning starts after 80k steps, one
+gradient step per 4 env steps, the target network copied every 1000 env steps, epsilon 1.0 -> 0.01 linearly over
+the first 10% of the run (CleanRL runs 10M *agent steps*; the paper plots frames, so our ``frames`` counts
+emulator frames, 4 per step, and a 10M-frame run explores for 250k steps). Differences, for speed: ``num_envs``
+environments step together (default 8; CleanRL uses 1); each vector step adds ``num_envs`` transitions and, after
+learning starts, does ``num_envs / train_frequency`` gradient steps, so the replay ratio (one batch of 32 per 4
+env steps) and every schedule in env steps are CleanRL's. The trunk is initialized orthogonally
+(:mod:`softq.rl.nets`). Life loss is terminal for learning; scores are full games, unclipped (:mod:`softq.rl.envs`).
+
+Replay (:mod:`softq.rl.replay`): each frame stored once on the training device, sampled by index arithmetic in
+torch. On CUDA (``cuda_graph=auto``) the whole gradient step -- sampling, stack rebuilding, target, loss, backward,
+Adam -- and the acting forward pass are captured in CUDA graphs and replayed, so Python launches two graphs per
+vector step; on CPU the same code runs eagerly (the flag is then ignored, and recorded as such).
+
+Checkpoints (:mod:`softq.rl.runs`). A replay of at most ``checkpoint_replay_mb`` MiB (classic control) is saved in
+the checkpoint together with the environments, so a CPU run resumes bit for bit. A larger one (Atari: 7 GB per 1M
+transitions; ale-py's emulators cannot be saved either) is **not** saved: resume starts fresh games with an empty
+replay, collects ``learning_starts`` new steps with the current network and epsilon before training again, and
+records ``"replay_restored": false`` in ``config.json`` ("starts").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections import deque
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from softq import config as softq_config
+from softq import losses, regularized
+from softq.rl.a2c import NonFiniteLoss, auto_torch_threads
+from softq.rl.envs import CLASSIC_ENVS, VecEnv, is_atari, make_env
+from softq.rl.nets import make_q_net
+from softq.rl.replay import FrameReplay
+
+__all__ = ["TARGETS", "COLUMNS", "Config", "DQN", "dqn_loss"]
+
+TARGETS = regularized.DQN_BACKUPS  # ("hard", "soft_kl", "soft_ent")
+#: progress.csv columns of a DQN run (``updates`` counts vector steps, ``grad_steps`` gradient steps).
+COLUMNS = ("frames", "updates", "grad_steps", "episodes", "score_mean100", "score_count", "loss", "q_mean",
+           "target_mean", "grad_norm", "epsilon", "lr", "sps", "wall_s")
+
+
+@dataclass
+class Config:
+    """Every setting of a DQN run; defaults: CleanRL's dqn_atari (module docstring). Bad values raise ValueError."""
+
+    # what to run
+    algo: str = "dqn"
+    env: str = "PongNoFrameskip-v4"
+    target: str = "hard"  # hard (eq 81) | soft_kl (eq 82, corrected) | soft_ent (eq 83, corrected)
+    tau: float = 0.1  # temperature of the soft targets (the paper: 0.1 and 0.01); unused by hard
+    n_step: int = 1  # lookahead n of the target (the paper: 1 and 5)
+    seed: int = 0
+    frames: int = 10_000_000  # emulator frames (4 per agent step on Atari)
+    # the algorithm
+    num_envs: int = 8
+    buffer_size: int = 1_000_000  # transitions
+    batch_size: int = 32
+    lr: float = 1e-4
+    adam_eps: float = 1e-8
+    gamma: float = 0.99
+    learning_starts: int = 80_000  # env steps before the first gradient step
+    train_frequency: int = 4  # env steps per gradient step
+    target_update: int = 1000  # env steps between copies of the online network into the target network
+    eps_start: float = 1.0
+    eps_end: float = 0.01
+    exploration_fraction: float = 0.1  # fraction of the run's env steps over which epsilon decays linearly
+    loss: str = "mse"  # mse: soft_q_loss, 1/2 (Q - y)^2 (eq 44) | huber: smooth L1, delta 1
+    max_grad_norm: float = 0.0  # 0: no clipping (CleanRL)
+    hidden: int = 64  # MLP width (classic control only)
+    # where and how
+    device: str = "auto"
+    cuda_graph: str = "auto"  # auto: on with CUDA, off on CPU | on | off
+    env_threads: int = 0
+    torch_threads: int = 0
+    checkpoint_replay_mb: float = 256.0  # save the replay in checkpoints when it is at most this large (and the envs)
+    log_every: int = 1000  # vector steps between CSV rows
+    checkpoint_minutes: float = 5.0
+    checkpoint_every: int = 0  # vector steps between checkpoints (0: off); for tests
+    time_limit_minutes: float = 0.0
+
+    def __post_init__(self) -> None:
+        def bad(name: str, why: str) -> ValueError:
+            return ValueError(f"{name} {why}, got {getattr(self, name)!r}")
+
+        if self.algo != "dqn":
+            raise bad("algo", "must be 'dqn' for softq.rl.dqn.Config")
+        if self.target not in TARGETS:
+            raise bad("target", f"must be one of {TARGETS}")
+        if self.env not in CLASSIC_ENVS:
+            is_atari(self.env)
+        for name in ("seed", "env_threads", "torch_threads", "checkpoint_every", "learning_starts"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise bad(name, "must be an int >= 0")
+        for name in ("frames", "num_envs", "n_step", "buffer_size", "batch_size", "train_frequency",
+                     "target_update", "hidden", "log_every"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise bad(name, "must be an int >= 1")
+        for name in ("lr", "adam_eps", "tau"):
+            v = getattr(self, name)
+            if not (isinstance(v, int | float) and math.isfinite(v) and v > 0):
+                raise bad(name, "must be a finite number > 0")
+        for name in ("max_grad_norm", "checkpoint_minutes", "time_limit_minutes", "checkpoint_replay_mb"):
+            v = getattr(self, name)
+            if not (isinstance(v, int | float) and math.isfinite(v) and v >= 0):
+                raise bad(name, "must be a finite number >= 0")
+        for name in ("gamma", "eps_start", "eps_end", "exploration_fraction"):
+            v = getattr(self, name)
+            if not (isinstance(v, int | float) and 0 <= v <= 1):
+                raise bad(name, "must lie in [0, 1]")
+        if self.loss not in ("mse", "huber"):
+            raise bad("loss", "must be 'mse' or 'huber'")
+        if self.cuda_graph not in ("auto", "on", "off"):
+            raise bad("cuda_graph", "must be 'auto', 'on' or 'off'")
+        if self.buffer_size // self.num_envs < self.n_step + 6:
+            raise bad("buffer_size", f"must hold at least {(self.n_step + 6) * self.num_envs} transitions "
+                                     f"(num_envs={self.num_envs}, n_step={self.n_step})")
+        if self.device != "auto":
+            try:
+                softq_config.device(self.device)
+            except (RuntimeError, ValueError) as e:
+                raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N' (available), got "
+                                 f"{self.device!r}: {e}") from None
+
+    @property
+    def rule(self) -> str:
+        """The variant's name in the results layout: ``hard``, ``soft_ent_tau0.1``, ``soft_kl_tau0.01_n5``, ..."""
+        name = self.target if self.target == "hard" else f"{self.target}_tau{self.tau:g}"
+        return name if self.n_step == 1 else f"{name}_n{self.n_step}"
+
+    @property
+    def steps_per_update(self) -> int:
+        """Env steps per :meth:`DQN.step` (one vector step)."""
+        return self.num_envs
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Config:
+        unknown = set(d) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"config: unknown fields {sorted(unknown)}")
+        return cls(**d)
+
+
+def dqn_loss(q_taken: torch.Tensor, target: torch.Tensor, loss: str) -> torch.Tensor:
+    """Mean regression loss of ``Q(s_t, a_t)`` on the fixed target ``y_t``; ``[N], [N] -> []``.
+
+    ``mse``: :func:`softq.losses.soft_q_loss` (eq 44), ``1/2 (Q - y)^2``; ``huber``: ``1/2 (Q - y)^2`` for
+    ``|Q - y| <= 1``, ``|Q - y| - 1/2`` beyond (Nature DQN's error clipping).
+    """
+    if loss == "mse":
+        return losses.soft_q_loss(q_taken, target).mean()
+    if loss == "huber":
+        return F.huber_loss(q_taken, target.detach(), delta=1.0)
+    raise ValueError(f"loss must be 'mse' or 'huber', got {loss!r}")
+
+
+class _Stats(Mapping):
+    """The last update's statistics, read from the device only when a log row asks for them."""
+
+    def __init__(self, device_values: torch.Tensor | None, names: tuple[str, ...], host: dict[str, float]):
+        self._dev, self._names, self._host, self._vals = device_values, names, host, None
+
+    def _load(self) -> dict[str, float]:
+        if self._vals is None:
+            vals = self._dev.tolist() if self._dev is not None else [float("nan")] * len(self._names)
+            self._vals = {**dict(zip(self._names, vals, strict=True)), **self._host}
+        return self._vals
+
+    def __getitem__(self, key: str) -> float:
+        return self._load()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._load())
+
+    def __len__(self) -> int:
+        return len(self._load())
+
+
+class DQN:
+    """Environments, online and target networks, replay, optimizer and random state of one DQN run.
+
+    :meth:`step` is one vector step (``num_envs`` env steps) and the gradient steps it makes due.
+    """
+
+    STAT_NAMES = ("loss", "q_mean", "target_mean", "grad_norm")
+    columns = COLUMNS
+
+    def __init__(self, cfg: Config, env: VecEnv | None = None):
+        self.cfg = cfg
+        self.device = softq_config.device(None if cfg.device == "auto" else cfg.device)
+        torch.set_num_threads(cfg.torch_threads or auto_torch_threads(cfg.env, self.device))
+        self.env = env or make_env(cfg.env, cfg.num_envs, threads=cfg.env_threads)
+        torch.manual_seed(cfg.seed)
+        if self.device.type == "cuda":
+            torch.cuda.manual_seed(cfg.seed)
+        self.net = make_q_net(self.env.obs_shape, self.env.n_actions, cfg.hidden).to(self.device)
+        self.target_net = make_q_net(self.env.obs_shape, self.env.n_actions, cfg.hidden).to(self.device)
+        self.target_net.load_state_dict(self.net.state_dict())
+        self.target_net.requires_grad_(False)
+        self.use_graph = self.device.type == "cuda" and cfg.cuda_graph != "off"
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest convolutions
+        if cfg.cuda_graph == "on" and self.device.type != "cuda":
+            print(f"cuda_graph=on ignored on {self.device}: CUDA graphs need a CUDA device; running eagerly")
+        self.opt = torch.optim.Adam(self.net.parameters(), lr=cfg.lr, eps=cfg.adam_eps,
+                                    capturable=self.use_graph)
+        self.rng = np.random.default_rng(cfg.seed)  # epsilon-greedy
+        # replay sampling: a generator of our own on CPU (saved in checkpoints); CUDA graphs need the default one
+        self.gen = None if self.use_graph else torch.Generator(device=self.device).manual_seed(cfg.seed)
+        obs_dtype = torch.uint8 if self.env.obs_dtype == np.uint8 else torch.float32
+        self.replay = FrameReplay(cfg.buffer_size, cfg.num_envs, self.env.obs_shape, cfg.n_step, self.device,
+                                  obs_dtype)
+        self.frames_per_update = cfg.num_envs * self.env.frames_per_step
+        self.total_updates = -(-cfg.frames // self.frames_per_update)
+        self.total_env_steps = self.total_updates * cfg.num_envs
+        self.updates = self.env_steps = self.grad_steps = self.episodes = 0
+        self.train_credit = 0  # env steps not yet paid for by a gradient step (one per train_frequency)
+        self.learn_from = cfg.learning_starts  # env step from which gradient steps are made
+        self.scores: deque[float] = deque(maxlen=100)
+        self.obs = self.env.reset(seed=cfg.seed)
+        self.replay.start(self.obs)
+        self._stats = torch.full((len(self.STAT_NAMES),), float("nan"), device=self.device)
+        self._bad = torch.zeros((), dtype=torch.bool, device=self.device)
+        self._have_stats = False
+        self._graph = self._act_graph = None
+        self._eager_updates = 0
+        self.info: dict[str, Any] = {"cuda_graph": self.use_graph,
+                                     "replay_bytes_per_transition": self.replay.bytes_per_transition()}
+
+    @property
+    def frames(self) -> int:
+        return self.updates * self.frames_per_update
+
+    def epsilon(self) -> float:
+        """Linear from ``eps_start`` to ``eps_end`` over ``exploration_fraction`` of the run's env steps."""
+        cfg = self.cfg
+        duration = cfg.exploration_fraction * self.total_env_steps
+        if duration <= 0:
+            return cfg.eps_end
+        return max(cfg.eps_end, cfg.eps_start + (cfg.eps_end - cfg.eps_start) * self.env_steps / duration)
+
+    # --- acting ---------------------------------------------------------------------------------------------
+
+    def _greedy(self, obs: np.ndarray) -> np.ndarray:
+        x = torch.as_tensor(obs)
+        if not self.use_graph:
+            with torch.no_grad():
+                return self.net(x.to(self.device)).argmax(-1).cpu().numpy()
+        if self._act_graph is None:
+            self._act_host = torch.empty(x.shape, dtype=x.dtype, pin_memory=True)
+            self._act_in = x.to(self.device).clone()
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side), torch.no_grad():
+                for _ in range(3):
+                    self.net(self._act_in)
+            torch.cuda.current_stream().wait_stream(side)
+            self._act_graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self._act_graph), torch.no_grad():
+                self._act_out = self.net(self._act_in).argmax(-1)
+        self._act_host.copy_(x)  # the previous copy is done: its .cpu() below waited for the stream
+        self._act_in.copy_(self._act_host, non_blocking=True)
+        self._act_graph.replay()
+        return self._act_out.cpu().numpy()
+
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        """Epsilon-greedy actions ``[B]`` for ``obs [B, *obs_shape]`` (the same exploration for every target)."""
+        b = self.cfg.num_envs
+        explore = self.rng.random(b) < self.epsilon()
+        random_actions = self.rng.integers(0, self.env.n_actions, b)
+        if explore.all():
+            return random_actions
+        return np.where(explore, random_actions, self._greedy(obs))
+
+    # --- learning -------------------------------------------------------------------------------------------
+
+    def _update_body(self) -> None:
+        """One gradient step on a sampled batch; only device work (capturable). Writes ``_stats`` and ``_bad``."""
+        cfg = self.cfg
+        batch = self.replay.sample(cfg.batch_size, self.gen)
+        n, size = batch.rewards.shape
+        with torch.no_grad():
+            q_next = self.target_net(batch.next_obs.reshape(n * size, *batch.next_obs.shape[2:])).view(n, size, -1)
+            y = regularized.q_learning_target(batch.rewards, q_next, batch.terminal, batch.truncated,
+                                              cfg.gamma, cfg.tau, cfg.target)
+        q_taken = self.net(batch.obs).gather(1, batch.actions[:, None])[:, 0]
+        loss = dqn_loss(q_taken, y, cfg.loss)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.net.parameters(), cfg.max_grad_norm or math.inf)
+        self.opt.step()
+        loss = loss.detach()
+        self._stats.copy_(torch.stack([loss, q_taken.detach().mean(), y.mean(), grad_norm.detach()]))
+        self._bad.logical_or_(~torch.isfinite(loss))
+
+    def update(self) -> None:
+        """One gradient step (captured in a CUDA graph after three eager warm-up steps when ``use_graph``)."""
+        with regularized.value_checks(False):
+            if not self.use_graph:
+                self.opt.zero_grad(set_to_none=True)
+                self._update_body()
+            elif self._graph is None and self._eager_updates < 3:
+                side = torch.cuda.Stream()
+                side.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(side):
+                    self.opt.zero_grad(set_to_none=True)
+                    self._update_body()
+                torch.cuda.current_stream().wait_stream(side)
+                self._eager_updates += 1
+            else:
+                if self._graph is None:
+                    self.opt.zero_grad(set_to_none=True)
+                    self._graph = torch.cuda.CUDAGraph()
+                    with torch.cuda.graph(self._graph):
+                        self._update_body()
+                self._graph.replay()
+        self.grad_steps += 1
+        self._have_stats = True
+
+    def sync_target(self) -> None:
+        """Copy the online network into the target network, in place (a captured graph keeps reading it)."""
+        with torch.no_grad():
+            for p_target, p in zip(self.target_net.parameters(), self.net.parameters(), strict=True):
+                p_target.copy_(p)
+
+    def step(self) -> Mapping[str, float]:
+        """One vector step of every env, into the replay; then the gradient steps and target copies now due."""
+        cfg = self.cfg
+        eps = self.epsilon()
+        actions = self.act(self.obs)
+        out = self.env.step(actions)
+        self.replay.add(actions, out.reward, out.terminal, out.truncated, out.reset, out.obs)
+        self.obs = out.obs
+        self.scores.extend(out.scores)
+        self.episodes += len(out.scores)
+        before = self.env_steps
+        self.env_steps += cfg.num_envs
+        self.updates += 1
+        trained = False
+        if self.env_steps > self.learn_from and len(self.replay) >= cfg.batch_size:
+            self.train_credit += cfg.num_envs
+            while self.train_credit >= cfg.train_frequency:
+                self.train_credit -= cfg.train_frequency
+                self.update()
+                trained = True
+        if self.env_steps // cfg.target_update > before // cfg.target_update:
+            self.sync_target()
+        if trained and bool(self._bad):
+            raise NonFiniteLoss(
+                f"non-finite loss at gradient step <= {self.grad_steps} (vector step {self.updates}, frame "
+                f"{self.frames}) of dqn target={cfg.target} env={cfg.env} seed={cfg.seed}: stopped; the last good "
+                "checkpoint is kept")
+        host = {"epsilon": eps, "lr": cfg.lr, "grad_steps": self.grad_steps}
+        return _Stats(self._stats if self._have_stats else None, self.STAT_NAMES, host)
+
+    def score_mean(self) -> float:
+        return float(np.mean(self.scores)) if self.scores else float("nan")
+
+    # --- checkpoints ----------------------------------------------------------------------------------------
+
+    def replay_saved(self) -> bool:
+        """Whether checkpoints hold the replay: it is small enough and the environments can be saved too."""
+        return self.env.restorable and self.replay.nbytes() <= self.cfg.checkpoint_replay_mb * 2**20
+
+    def state_dict(self) -> dict[str, Any]:
+        saved = self.replay_saved()
+        return {
+            "net": self.net.state_dict(), "target_net": self.target_net.state_dict(), "opt": self.opt.state_dict(),
+            "rng": self.rng.bit_generator.state, "gen": None if self.gen is None else self.gen.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
+            "counters": {k: getattr(self, k) for k in ("updates", "env_steps", "grad_steps", "episodes",
+                                                       "train_credit", "learn_from")},
+            "scores": list(self.scores), "env": self.env.state_dict(), "obs": np.array(self.obs),
+            "replay": self.replay.state_dict() if saved else None,
+            "have_stats": self._have_stats, "stats": self._stats.cpu(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> bool:
+        """Restore :meth:`state_dict`; returns whether the environments were restored. Without a saved replay
+        the replay starts empty and training waits ``learning_starts`` env steps (``self.info`` records it)."""
+        self.net.load_state_dict(state["net"])
+        self.target_net.load_state_dict(state["target_net"])
+        self.opt.load_state_dict(state["opt"])
+        self.rng.bit_generator.state = state["rng"]
+        if self.gen is not None and state["gen"] is not None:
+            self.gen.set_state(state["gen"])
+        torch.set_rng_state(state["torch_rng"])
+        if state.get("cuda_rng") is not None and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
+        for k, v in state["counters"].items():
+            setattr(self, k, v)
+        self.scores = deque(state["scores"], maxlen=100)
+        self._have_stats = state["have_stats"]
+        self._stats.copy_(state["stats"])
+        envs_restored = self.env.load_state_dict(state["env"])
+        if envs_restored:
+            self.obs = state["obs"]
+        else:
+            self.obs = self.env.reset(seed=(self.cfg.seed + 1_000_003 * self.updates) % (2**31 - 2**16))
+        replay_restored = envs_restored and state["replay"] is not None
+        if replay_restored:
+            self.replay.load_state_dict(state["replay"])
+        else:
+            self.replay.start(self.obs)
+            self.learn_from = self.env_steps + self.cfg.learning_starts
+            self.train_credit = 0
+        self.info.update(replay_restored=replay_restored,
+                         replay_refill_env_steps=0 if replay_restored else self.cfg.learning_starts)
+        return envs_restored

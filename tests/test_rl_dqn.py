@@ -1,0 +1,345 @@
+"""softq.rl.dqn and softq.rl.replay: the targets of eqs (81)-(83) are softq's functions; the frame replay rebuilds
+exactly the stacks the agent saw, never crosses an episode and never samples an incomplete window; resume; learning."""
+
+import csv
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import softq.regularized as reg
+import softq.rl.dqn
+from softq.rl.__main__ import main
+from softq.rl.dqn import DQN, TARGETS, Config
+from softq.rl.envs import make_env
+from softq.rl.replay import RESET, FrameReplay
+from softq.rl.runs import train
+
+ATARI = {"num_envs": 2, "buffer_size": 600, "batch_size": 8, "learning_starts": 100, "target_update": 100,
+         "device": "cpu", "torch_threads": 1, "env_threads": 1}
+CARTPOLE = {"env": "CartPole-v1", "num_envs": 4, "buffer_size": 20_000, "learning_starts": 1000, "batch_size": 64,
+            "lr": 1e-3, "train_frequency": 2, "target_update": 500, "exploration_fraction": 0.2, "eps_end": 0.02,
+            "device": "cpu", "torch_threads": 1}
+
+
+# --- the targets ------------------------------------------------------------------------------------------------
+
+
+def _q(seed, *shape, scale=1.0):
+    return scale * torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+@pytest.mark.parametrize("tau", [0.1, 0.01, 1e-3])
+def test_one_step_targets_are_eqs_81_to_83_corrected(tau):
+    q, r = _q(0, 5, 6), _q(1, 5)
+    done = torch.tensor([0, 1, 0, 0, 1], dtype=torch.bool)
+    gamma = 0.99
+    want = {
+        "hard": q.max(-1).values,  # eq (81)
+        "soft_kl": tau * torch.logsumexp(q / tau, -1) - tau * math.log(6),  # eq (82), corrected
+        "soft_ent": tau * torch.logsumexp(q / tau, -1),  # eq (83), corrected
+    }
+    for backup in TARGETS:
+        v = reg.backup_value(q, tau, backup)
+        torch.testing.assert_close(v, want[backup])
+        y = reg.q_learning_target(r[None], q[None], done[None], None, gamma, tau, backup)
+        torch.testing.assert_close(y, r + gamma * (~done) * want[backup])
+    torch.testing.assert_close(reg.backup_value(q, tau, "soft_kl"), reg.soft_value(q, tau))
+    typed_82 = r + gamma * torch.logsumexp(q / tau, -1) - math.log(6)  # as printed: no tau, -log|A| undiscounted
+    assert not torch.allclose(typed_82, r + gamma * want["soft_kl"])
+
+
+def test_backup_value_is_the_policy_value_of_the_boltzmann_policy():
+    """V = E_pi[Q] - tau k(s) at pi = pi^B_Q (eq 31); hard is the tau -> 0 limit."""
+    q, tau = _q(2, 4, 5), 0.3
+    pi = reg.boltzmann_policy(q, tau)
+    for backup in ("soft_kl", "soft_ent"):
+        want = (pi * q).sum(-1) - tau * reg.backup_penalty(q, tau, backup)
+        torch.testing.assert_close(reg.backup_value(q, tau, backup), want)
+    torch.testing.assert_close(reg.backup_value(q, tau, "soft_kl"), reg.policy_value(q, pi, tau))
+    torch.testing.assert_close(reg.backup_value(q, 1e-4, "soft_kl"), q.max(-1).values, atol=1e-3, rtol=0)
+    assert torch.equal(reg.backup_penalty(q, tau, "hard"), torch.zeros(4, dtype=q.dtype))
+
+
+def test_targets_are_finite_at_tiny_tau_and_huge_q():
+    q = _q(3, 3, 4, 18, scale=1e4)
+    r, done = _q(4, 3, 4), torch.zeros(3, 4, dtype=torch.bool)
+    for backup in TARGETS:
+        y = reg.q_learning_target(r, q, done, done, 0.99, 1e-3, backup)
+        assert torch.isfinite(y).all() and y.shape == (4,)
+        assert torch.isfinite(reg.backup_penalty(q, 1e-3, backup)).all()
+        assert torch.isfinite(reg.q_learning_target(r.float(), q.float(), done, None, 0.99, 1e-3, backup)).all()
+
+
+def _slow_target(r, q, term, trunc, gamma, tau, backup):
+    """The docstring's formula, one sample, one step at a time."""
+    y, disc = 0.0, 1.0
+    for d in range(len(r)):
+        y += disc * r[d]
+        if d > 0:
+            y -= disc * tau * float(reg.backup_penalty(q[d - 1], tau, backup))
+        disc *= gamma
+        if term[d]:
+            return y
+        if trunc[d] or d == len(r) - 1:
+            return y + disc * float(reg.backup_value(q[d], tau, backup))
+    raise AssertionError
+
+
+@pytest.mark.parametrize("backup", TARGETS)
+def test_n_step_targets_stop_at_episode_ends(backup):
+    n, batch, tau, gamma = 5, 6, 0.1, 0.9
+    r, q = _q(5, n, batch), _q(6, n, batch, 3)
+    term = torch.zeros(n, batch, dtype=torch.bool)
+    trunc = torch.zeros(n, batch, dtype=torch.bool)
+    term[0, 1] = term[1, 2] = term[4, 3] = True  # a life lost / game over on step t, t+1, t+4
+    trunc[1, 4] = trunc[0, 5] = True  # time-limit cuts: bootstrap from the state after the cut
+    y = reg.q_learning_target(r, q, term, trunc, gamma, tau, backup)
+    for b in range(batch):
+        want = _slow_target(r[:, b].tolist(), q[:, b], term[:, b], trunc[:, b], gamma, tau, backup)
+        assert abs(float(y[b]) - want) < 1e-9, (b, float(y[b]), want)
+    assert abs(float(y[1]) - float(r[0, 1])) < 1e-12  # terminal on the first step: y = r_t
+    if backup == "hard":  # standard n-step DQN: rewards only, then max Q
+        want = sum(gamma**d * r[d, 0] for d in range(n)) + gamma**n * q[-1, 0].max()
+        assert abs(float(y[0]) - float(want)) < 1e-9
+
+
+def test_value_checks_can_be_turned_off_and_compute_the_same():
+    bad = torch.tensor([0.7, 0.7])
+    with pytest.raises(ValueError, match="sum to 1"):
+        reg.kl(bad)
+    with reg.value_checks(False):
+        reg.kl(bad)
+        with pytest.raises(ValueError, match="tau"):
+            reg.soft_value(bad, 0.0)  # argument checks stay on
+    with pytest.raises(ValueError, match="sum to 1"):
+        reg.kl(bad)
+    with pytest.raises(ValueError, match="backup"):
+        reg.backup_value(bad, 0.1, "soft")
+
+
+# --- the replay -------------------------------------------------------------------------------------------------
+
+
+def test_replay_accounting_one_million_atari_transitions_fit_in_8_gb():
+    rb = FrameReplay(1_000_000, 8, (4, 84, 84), 5, device="meta")
+    per = rb.bytes_per_transition()
+    arrays = rb.frames.numel() + rb.actions.numel() + 4 * rb.rewards.numel() + rb.flags.numel()
+    assert rb.capacity == 1_000_000 and rb.nbytes() == arrays
+    assert per == 84 * 84 + 1 + 4 + 1 == 7062  # one frame, not a stack of 4 (nor a pair of stacks)
+    assert rb.nbytes() <= 8e9
+
+
+def _fake_steps(rb, script, num_envs=1):
+    """Write a scripted sequence; frame of x_k has every pixel = k + 1 (x_0 = 1), so stacks are readable."""
+    obs = np.ones((num_envs, *rb.obs_shape), np.uint8)
+    rb.start(obs)
+    for k, (term, trunc, reset) in enumerate(script):
+        nxt = np.full((num_envs, *rb.obs_shape), k + 2, np.uint8)
+        one = np.ones(num_envs)
+        rb.add(np.zeros(num_envs, int), (k + 1) * one, term * one, trunc * one, reset * one, nxt)
+
+
+def test_sampling_respects_episode_boundaries_and_incomplete_windows():
+    rb = FrameReplay(64, 1, (4, 1, 1), 3)
+    # step 4 ends a game (terminal), step 5 is its autoreset step; step 9 is a time-limit cut, 10 its autoreset
+    script = [(0, 0, 0)] * 20
+    script[4], script[5], script[9], script[10] = (1, 0, 0), (0, 0, 1), (0, 1, 0), (0, 0, 1)
+    _fake_steps(rb, script)
+    gen = torch.Generator().manual_seed(0)
+    seen = set()
+    for _ in range(300):
+        b = rb.sample(16, gen)
+        for i, k in enumerate(b.rows.tolist()):
+            seen.add(k)
+            assert k not in (5, 10) and 0 <= k <= rb.steps - rb.n_step - 1  # no reset row, window complete
+            stack = b.obs[i, :, 0, 0].tolist()  # frames of x_{k-3..k}, values k-2..k+1, zeros before a game start
+            first = max([0] + [j for j in (6, 11) if j <= k])
+            assert stack == [v + 1 if v >= first else 0 for v in range(k - 3, k + 1)], (k, stack)
+            for d in range(3):  # next states, same rule
+                s = k + d + 1
+                first = max([0] + [j for j in (6, 11) if j <= s])
+                assert b.next_obs[d, i, :, 0, 0].tolist() == [v + 1 if v >= first else 0 for v in range(s - 3, s + 1)]
+            assert b.rewards[:, i].tolist() == [k + 1, k + 2, k + 3]
+            assert b.terminal[:, i].tolist() == [k + d == 4 for d in range(3)]
+            assert b.truncated[:, i].tolist() == [k + d == 9 for d in range(3)]
+    assert seen == set(range(0, 17)) - {5, 10}
+
+
+def test_sampling_after_wrap_around_never_reads_overwritten_frames():
+    rb = FrameReplay(12, 1, (4, 1, 1), 2)
+    _fake_steps(rb, [(0, 0, 0)] * 30)  # T = 30 steps in a ring of 12 rows: rows 19..30 are kept
+    b = rb.sample(64, torch.Generator().manual_seed(1))
+    rows = b.rows.tolist()
+    assert min(rows) >= 30 - 12 + 4 and max(rows) <= 30 - 2 - 1
+    for i, k in enumerate(rows):
+        assert b.obs[i, :, 0, 0].tolist() == [k - 2, k - 1, k, k + 1]
+
+
+def test_fallback_moves_an_autoreset_pick_to_the_next_game():
+    rb = FrameReplay(64, 1, (4, 1, 1), 1)
+    _fake_steps(rb, [(1, 0, 0), (0, 0, 1)] * 10)  # every other row is an autoreset row
+    b = rb.sample(40, torch.Generator().manual_seed(2))  # 80 candidates, ~40 valid: some fall back
+    flags = rb.flags[b.rows % rb.rows, b.cols]
+    assert not ((flags & RESET) != 0).any()
+
+
+def test_rebuilt_stacks_equal_what_the_agent_saw_across_lives_and_games():
+    """Breakout, random play: every stack rebuilt from the frame ring equals the env's own 4-frame stack, after
+    lost lives (stacking goes on) and after game overs (zeros before the first frame, as ale-py does)."""
+    env = make_env("BreakoutNoFrameskip-v4", 2, threads=1)
+    rb = FrameReplay(4000, 2, env.obs_shape, 5)
+    obs = env.reset(seed=0)
+    rb.start(obs)
+    seen = [obs]
+    rng = np.random.default_rng(0)
+    terminals = resets = 0
+    while resets < 2:
+        out = env.step(rng.integers(0, env.n_actions, 2))
+        rb.add(rng.integers(0, 4, 2), out.reward, out.terminal, out.truncated, out.reset, out.obs)
+        seen.append(out.obs)
+        terminals += int(out.terminal.sum())
+        resets += int(out.reset.sum())
+    env.close()
+    assert terminals >= 6  # lives lost, not only games
+    t = rb.steps
+    rows = torch.arange(-3, t + 1)[None, :].expand(2, -1)
+    got = rb.stacks(rows, torch.tensor([[0], [1]]).expand_as(rows))  # [2, t+1, 4, 84, 84]
+    want = torch.from_numpy(np.stack(seen, axis=1))
+    assert torch.equal(got, want)
+    b = rb.sample(32, torch.Generator().manual_seed(0))
+    for i in range(32):
+        k, c = int(b.rows[i]), int(b.cols[i])
+        assert torch.equal(b.obs[i], want[c, k]) and torch.equal(b.next_obs[-1, i], want[c, k + 5])
+
+
+# --- the agent --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("target", "n_step"), [("hard", 1), ("soft_kl", 5), ("soft_ent", 1), ("soft_ent", 5)])
+def test_each_target_trains_on_atari_with_softq_targets(target, n_step, monkeypatch):
+    calls = {}
+    for name in ("q_learning_target", "soft_value", "n_step_soft_return"):
+        fn = getattr(reg, name)
+
+        def wrapped(*a, _fn=fn, _name=name, **k):
+            calls[_name] = calls.get(_name, 0) + 1
+            return _fn(*a, **k)
+
+        monkeypatch.setattr(reg, name, wrapped)
+    cfg = Config(target=target, n_step=n_step, tau=0.1, frames=4 * 2 * 150, **ATARI)
+    agent = DQN(cfg)
+    before = [p.detach().clone() for p in agent.net.parameters()]
+    while agent.updates < agent.total_updates:
+        stats = agent.step()
+    agent.env.close()
+    assert agent.grad_steps == (2 * 150 - 100) // 4  # one batch per 4 env steps after learning_starts
+    assert calls["q_learning_target"] == agent.grad_steps == calls["n_step_soft_return"]
+    assert calls.get("soft_value", 0) == (0 if target == "hard" else agent.grad_steps)
+    assert all(math.isfinite(stats[k]) for k in ("loss", "q_mean", "target_mean", "grad_norm"))
+    assert any(not torch.equal(p, q) for p, q in zip(before, agent.net.parameters(), strict=True))
+    assert agent.info["replay_bytes_per_transition"] == 7062
+
+
+def test_bad_dqn_configs_are_rejected_by_name():
+    for field, value in [("target", "soft"), ("tau", 0.0), ("n_step", 0), ("gamma", 2.0), ("loss", "l1"),
+                         ("cuda_graph", "yes"), ("eps_end", -0.1), ("buffer_size", 10), ("algo", "a2c")]:
+        with pytest.raises(ValueError, match=field):
+            Config(env="CartPole-v1", **{field: value})
+    assert Config(target="soft_kl", tau=0.01, n_step=5).rule == "soft_kl_tau0.01_n5"
+    assert Config(target="hard", tau=0.01).rule == "hard"
+
+
+def _rows(path: Path, drop=("sps", "wall_s")):
+    with open(path) as f:
+        return [{k: v for k, v in r.items() if k not in drop} for r in csv.DictReader(f)]
+
+
+def test_cartpole_pause_and_resume_equals_uninterrupted(tmp_path):
+    """The replay is small: it is saved, and a paused + resumed CPU run is bit-identical to an uninterrupted one."""
+    cfg = Config(target="soft_ent", tau=0.1, n_step=3, frames=3000, log_every=50,
+                 **{**CARTPOLE, "learning_starts": 500})
+    assert train(cfg, tmp_path / "whole", progress=False)["status"] == "done"
+    paused = Config(**{**cfg.as_dict(), "checkpoint_every": 300, "time_limit_minutes": 1e-6})
+    assert train(paused, tmp_path / "cut", progress=False)["status"] == "paused"
+    assert train(cfg, tmp_path / "cut", resume=True, progress=False)["status"] == "done"
+    assert _rows(tmp_path / "cut" / "progress.csv") == _rows(tmp_path / "whole" / "progress.csv")
+    w1 = torch.load(tmp_path / "whole" / "checkpoint.pt", weights_only=False)["agent"]
+    w2 = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=False)["agent"]
+    assert all(torch.equal(w1["net"][k], w2["net"][k]) for k in w1["net"])
+    assert w1["replay"] is not None and w1["counters"]["grad_steps"] > 0
+    starts = json.loads((tmp_path / "cut" / "config.json").read_text())["starts"]
+    assert [s.get("replay_restored") for s in starts] == [None, True]
+
+
+def test_atari_resume_refills_the_replay_and_says_so(tmp_path):
+    cfg = Config(target="hard", frames=4 * 2 * 120, log_every=10, checkpoint_replay_mb=0.0,
+                 time_limit_minutes=1e-6, **ATARI)
+    assert train(cfg, tmp_path, progress=False)["status"] == "paused"
+    cfg = Config(**{**cfg.as_dict(), "time_limit_minutes": 0.0})
+    agent_steps = []
+    real_update = DQN.update
+
+    def spy(self):
+        agent_steps.append(self.env_steps)
+        real_update(self)
+
+    DQN.update = spy
+    try:
+        assert train(cfg, tmp_path, resume=True, progress=False)["status"] == "done"
+    finally:
+        DQN.update = real_update
+    starts = json.loads((tmp_path / "config.json").read_text())["starts"]
+    assert starts[1]["envs_restored"] is False and starts[1]["replay_restored"] is False
+    assert starts[1]["replay_refill_env_steps"] == 100
+    assert min(agent_steps) > 2 + 100  # resumed after one vector step: training waits for 100 fresh env steps
+
+
+def test_nan_loss_stops_the_run(tmp_path, monkeypatch):
+    real, calls = softq.rl.dqn.dqn_loss, {"n": 0}
+
+    def poisoned(*a, **k):
+        calls["n"] += 1
+        loss = real(*a, **k)
+        return loss * float("nan") if calls["n"] == 30 else loss
+
+    monkeypatch.setattr(softq.rl.dqn, "dqn_loss", poisoned)
+    cfg = Config(target="soft_kl", frames=2000, log_every=10, checkpoint_every=20,
+                 **{**CARTPOLE, "learning_starts": 100, "batch_size": 8})
+    with pytest.raises(softq.rl.a2c.NonFiniteLoss, match="gradient step <= 30"):
+        train(cfg, tmp_path, progress=False)
+    assert json.loads((tmp_path / "status.json").read_text())["status"] == "failed"
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=False)["agent"]
+    assert state["counters"]["grad_steps"] < 30 and all(torch.isfinite(v).all() for v in state["net"].values())
+
+
+def test_cli_runs_dqn_variants_in_one_layout(tmp_path, capsys):
+    args = ["train", "--algo", "dqn", "--env", "CartPole-v1", "--frames", "400", "--num-envs", "2",
+            "--learning-starts", "100", "--batch-size", "8", "--buffer-size", "1000", "--log-every", "20",
+            "--torch-threads", "1", "--no-progress", "--results", str(tmp_path), "--experiment", "demo"]
+    assert main([*args, "--targets", "hard,soft_ent", "--taus", "0.1,0.01", "--n-steps", "1,5"]) == 0
+    runs = sorted(str(p.parent.relative_to(tmp_path)) for p in tmp_path.glob("demo/*/seed0/status.json"))
+    assert runs == ["demo/hard/seed0", "demo/hard_n5/seed0", "demo/soft_ent_tau0.01/seed0",
+                    "demo/soft_ent_tau0.01_n5/seed0", "demo/soft_ent_tau0.1/seed0", "demo/soft_ent_tau0.1_n5/seed0"]
+    with open(tmp_path / "demo" / "soft_ent_tau0.1_n5" / "seed0" / "progress.csv") as f:
+        assert tuple(next(csv.reader(f))) == softq.rl.dqn.COLUMNS
+    for bad, name in [(["--target", "soft"], "target"), (["--rules", "naive"], "rules"), (["--algo", "ppo"], "algo")]:
+        with pytest.raises(SystemExit):
+            main([*args, *bad])
+        assert name in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["train", "--targets", "hard"])  # a DQN option without --algo dqn
+    assert "DQN" in capsys.readouterr().err
+
+
+def test_cartpole_soft_ent_learns(tmp_path):
+    """A short CartPole run of soft_ent (tau 0.1) clearly learns (random play scores ~22)."""
+    cfg = Config(target="soft_ent", tau=0.1, frames=25_000, log_every=500, **CARTPOLE)
+    t0 = time.time()
+    result = train(cfg, tmp_path, progress=False)
+    print(f"soft_ent: mean score of the last 100 games {result['score_mean100']:.1f} in {time.time() - t0:.1f}s")
+    assert result["score_mean100"] > 100
