@@ -34,9 +34,14 @@ def smoke(full: T, small: T) -> T:
 def device(prefer: str | None = None) -> torch.device:
     """The device to train on: ``prefer`` if given ("cpu", "cuda", "cuda:1"), else CUDA when available."""
     if prefer is not None:
-        dev = torch.device(prefer)
+        try:
+            dev = torch.device(prefer)
+        except (RuntimeError, TypeError) as err:
+            raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {prefer!r}: {err}") from None
         if dev.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"device: prefer={prefer!r} but CUDA is not available on this machine")
+        if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device: prefer={prefer!r} but this machine has {torch.cuda.device_count()} GPU(s)")
         return dev
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 

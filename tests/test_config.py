@@ -33,3 +33,8 @@ def test_device_and_generator_validate():
     a = torch.rand(3, generator=config.generator(5))
     b = torch.rand(3, generator=config.generator(5))
     assert torch.equal(a, b)
+
+
+def test_unknown_device_names_itself():
+    with pytest.raises(ValueError, match="device must be"):
+        config.device("gpu0")
