@@ -26,7 +26,14 @@ __all__ = ["figure_dir", "savefig", "read_runs", "has_runs", "curve_stats", "plo
 #: Colours and labels of the update rules in every learning-curve figure.
 RULE_STYLE = {"naive": ("C1", "naive (1-step entropy bonus, eq 79)"),
               "proper": ("C0", "proper (entropy in the returns, eq 80)"),
-              "soft_q": ("C2", "soft Q-learning, Q = V + tau log pi (Sec 6.3)")}
+              "soft_q": ("C2", "soft Q-learning, Q = V + tau log pi (Sec 6.3)"),
+              # DQN's variants (Section 6.2), named by softq.rl.dqn.Config.rule: Figure 2's legend
+              "hard": ("k", "standard (eq 81)"),
+              "hard_n5": ("0.55", "standard, n=5"),
+              "soft_ent_tau0.1": ("C3", "soft (ent), tau=0.1 (eq 83)"),
+              "soft_kl_tau0.1": ("C0", "soft (KL), tau=0.1 (eq 82)"),
+              "soft_ent_tau0.01": ("C1", "soft (ent), tau=0.01 (eq 83)"),
+              "soft_kl_tau0.01": ("C2", "soft (KL), tau=0.01 (eq 82)")}
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]*$")
 

@@ -82,3 +82,15 @@ def test_learning_curves_reject_bad_input(tmp_path):
     (d / "progress.csv").write_text("frames,loss\n1,2\n")
     with pytest.raises(ValueError, match="score_mean100"):
         plots.read_runs(tmp_path / "e", "proper")
+
+
+def test_every_figure_2_variant_has_a_style():
+    """Figure 2's six DQN variants, named as softq.rl.dqn.Config.rule names them, each get their own colour."""
+    from softq.plots import RULE_STYLE
+    from softq.rl.dqn import Config
+
+    variants = [Config(env="CartPole-v1", target="hard", n_step=n) for n in (1, 5)]
+    variants += [Config(env="CartPole-v1", target=t, tau=tau) for t in ("soft_ent", "soft_kl") for tau in (0.1, 0.01)]
+    rules = [c.rule for c in variants]
+    assert all(rule in RULE_STYLE for rule in rules)
+    assert len({RULE_STYLE[rule][0] for rule in rules}) == len(rules)
