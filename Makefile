@@ -2,6 +2,8 @@
 #   make book   execute every chapter (full mode): build/notebooks, build/html, build/checks.json, figures/
 #   make test   ruff + unit tests + every chapter through nbval in smoke mode (what CI runs)
 #   make lab    JupyterLab with the .md chapters opening as notebooks
+#   make figures  regenerate figures/ (the chapters draw them, so this runs the book)
+#   make bench / make train ARGS="..."   softq.rl throughput on this machine; training runs (see the end)
 # Each target creates .venv on first use and reuses it afterwards (delete .venv to start over).
 
 PYTHON ?= python3
