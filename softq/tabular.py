@@ -414,6 +414,19 @@ def _solution(mdp: MDP, q: torch.Tensor, tau: float, pi_bar, iterations: int, re
                         residuals)
 
 
+def _iterate(step: Callable[[torch.Tensor], torch.Tensor], q: torch.Tensor, mdp: MDP, tau: float, pi_bar,
+             tol: float, max_iter: int, name: str) -> SoftSolution:
+    """Apply ``q <- step(q)`` until the sup-norm change is at most ``tol``; RuntimeError after ``max_iter`` steps."""
+    residuals: list[float] = []
+    for k in range(validate_count(max_iter, "max_iter")):
+        q_next = step(q)
+        residuals.append((q_next - q).abs().max().item())
+        q = q_next
+        if residuals[-1] <= tol:
+            return _solution(mdp, q, tau, pi_bar, k + 1, residuals)
+    raise RuntimeError(f"{name}: residual {residuals[-1]:.3g} > tol={tol} after {max_iter} iterations")
+
+
 def soft_value_iteration(mdp: MDP, tau: float, pi_bar: torch.Tensor | None = None, *, q0: torch.Tensor | None = None,
                          tol: float = 1e-12, max_iter: int = 100_000) -> SoftSolution:
     """Iterate the Boltzmann backup ``Q <- T Q`` (eq 39) from ``q0`` (default 0) until ``||T Q - Q||_inf <= tol``.
@@ -423,14 +436,8 @@ def soft_value_iteration(mdp: MDP, tau: float, pi_bar: torch.Tensor | None = Non
     """
     validate_tau(tau)
     q = torch.zeros(mdp.n_states, mdp.n_actions, dtype=DTYPE) if q0 is None else _values(mdp, q0, "q0", True)
-    residuals: list[float] = []
-    for k in range(validate_count(max_iter, "max_iter")):
-        q_next = boltzmann_backup(mdp, q, tau, pi_bar)
-        residuals.append((q_next - q).abs().max().item())
-        q = q_next
-        if residuals[-1] <= tol:
-            return _solution(mdp, q, tau, pi_bar, k + 1, residuals)
-    raise RuntimeError(f"soft_value_iteration: residual {residuals[-1]:.3g} > tol={tol} after {max_iter} sweeps")
+    return _iterate(lambda q: boltzmann_backup(mdp, q, tau, pi_bar), q, mdp, tau, pi_bar, tol, max_iter,
+                    "soft_value_iteration")
 
 
 def soft_policy_iteration(mdp: MDP, tau: float, pi_bar: torch.Tensor | None = None, *, tol: float = 1e-12,
@@ -444,16 +451,8 @@ def soft_policy_iteration(mdp: MDP, tau: float, pi_bar: torch.Tensor | None = No
         pi = torch.full((mdp.n_states, mdp.n_actions), 1.0 / mdp.n_actions, dtype=DTYPE)
     else:
         pi = pi_bar_checked.expand(mdp.n_states, mdp.n_actions).clone()
-    q = q_pi(mdp, pi, tau, pi_bar)
-    residuals: list[float] = []
-    for k in range(validate_count(max_iter, "max_iter")):
-        pi = boltzmann_policy(q, tau, pi_bar_checked)
-        q_next = q_pi(mdp, pi, tau, pi_bar)
-        residuals.append((q_next - q).abs().max().item())
-        q = q_next
-        if residuals[-1] <= tol:
-            return _solution(mdp, q, tau, pi_bar, k + 1, residuals)
-    raise RuntimeError(f"soft_policy_iteration: residual {residuals[-1]:.3g} > tol={tol} after {max_iter} steps")
+    return _iterate(lambda q: q_pi(mdp, boltzmann_policy(q, tau, pi_bar_checked), tau, pi_bar),
+                    q_pi(mdp, pi, tau, pi_bar), mdp, tau, pi_bar, tol, max_iter, "soft_policy_iteration")
 
 
 # --- exact expectations over trajectories, and sampled rollouts --------------------------------------------------

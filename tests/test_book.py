@@ -4,22 +4,9 @@ import json
 import textwrap
 
 import pytest
+from _chapters import HEADER
 
 from softq import book
-
-HEADER = textwrap.dedent("""\
-    ---
-    jupytext:
-      text_representation:
-        extension: .md
-        format_name: myst
-        format_version: 0.13
-    kernelspec:
-      display_name: Python 3 (softq)
-      language: python
-      name: python3
-    ---
-    """)
 
 
 def _chapter(tmp_path, name, code):

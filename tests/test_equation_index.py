@@ -2,10 +2,10 @@
 
 import json
 import os
-import textwrap
 import time
 
 import pytest
+from _chapters import HEADER
 
 import softq.equation_index as ei
 
@@ -87,19 +87,6 @@ def test_bad_records_and_eq_numbers_raise():
         ei.check_method(rec(1, kind="other"))
 
 
-HEADER = textwrap.dedent("""\
-    ---
-    jupytext:
-      text_representation:
-        extension: .md
-        format_name: myst
-        format_version: 0.13
-    kernelspec:
-      display_name: Python 3 (softq)
-      language: python
-      name: python3
-    ---
-    """)
 
 
 @pytest.fixture
