@@ -75,7 +75,8 @@ def _parser(algo: str = "a2c") -> argparse.ArgumentParser:
     b.add_argument("--device", default="auto")
     b.add_argument("--tag", help="file name (default: the machine kind, e.g. cpu-2core)")
     b.add_argument("--out", type=Path, default=Path("results/bench"))
-    b.add_argument("--what", type=_list(str), default=["a2c", "dqn"], help="figures to measure: a2c, dqn")
+    b.add_argument("--what", type=_list(str), default=["a2c", "dqn", "graph"],
+                   help="what to measure: a2c, dqn, graph (the CUDA-graph check; CUDA only)")
     b.add_argument("--dqn-num-envs", type=_list(int), default=[8], help="DQN: numbers of envs to measure")
     return p
 

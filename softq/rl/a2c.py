@@ -331,20 +331,23 @@ class A2C:
         self.buf_obs[-1].copy_(torch.as_tensor(self.obs))
 
     def update(self) -> dict[str, float]:
-        """One gradient step on the buffers; raises :class:`NonFiniteLoss` (before stepping) on a NaN/inf loss."""
+        """One gradient step on the buffers; raises :class:`NonFiniteLoss` on a NaN/inf loss.
+
+        The update reads the device once, at its end (the statistics and whether the loss was finite), and
+        computes the loss inside :func:`softq.regularized.value_checks` ``(False)``: on a GPU no host read stalls
+        the stream between the forward pass, the backward pass and the optimizer step. A non-finite loss is
+        therefore detected after the step: the agent in memory is then spoiled, the run stops, and the last good
+        checkpoint on disk (written before this update) is what ``--resume`` continues from.
+        """
         cfg = self.cfg
         t, b = cfg.num_steps, cfg.num_envs
         log_pi, v = self.net(self.buf_obs.reshape(-1, *self.env.obs_shape))
         dev = self.device
-        loss, stats = a2c_loss(
-            log_pi.reshape(t + 1, b, -1), v.reshape(t + 1, b), self.buf_actions,
-            self.buf_rewards.to(dev), self.buf_terminal.to(dev), self.buf_reset.to(dev),
-            cfg.rule, cfg.gamma, cfg.tau, cfg.value_coef,
-        )
-        if not torch.isfinite(loss):
-            raise NonFiniteLoss(
-                f"non-finite loss ({loss.item()}) at update {self.updates + 1} (frame {self.frames}) of "
-                f"rule={cfg.rule} env={cfg.env} seed={cfg.seed}: stopped; the last good checkpoint is kept"
+        with regularized.value_checks(False):
+            loss, stats = a2c_loss(
+                log_pi.reshape(t + 1, b, -1), v.reshape(t + 1, b), self.buf_actions,
+                self.buf_rewards.to(dev), self.buf_terminal.to(dev), self.buf_reset.to(dev),
+                cfg.rule, cfg.gamma, cfg.tau, cfg.value_coef,
             )
         lr = cfg.lr * (1.0 - self.updates / self.total_updates) if cfg.lr_schedule == "linear" else cfg.lr
         for group in self.opt.param_groups:
@@ -355,8 +358,14 @@ class A2C:
         self.opt.step()
         self.updates += 1
         names = list(stats)
-        values = torch.stack([stats[k].to(dev, torch.float32) for k in names] + [grad_norm.float()]).tolist()
-        out = dict(zip(names + ["grad_norm"], values, strict=True))
+        values = torch.stack([stats[k].to(dev, torch.float32) for k in names]
+                             + [grad_norm.float(), loss.detach().float()]).tolist()
+        out = dict(zip(names + ["grad_norm"], values[:-1], strict=True))
+        if not math.isfinite(values[-1]):
+            raise NonFiniteLoss(
+                f"non-finite loss ({values[-1]}) at update {self.updates} (frame {self.frames - self.frames_per_update}"
+                f") of rule={cfg.rule} env={cfg.env} seed={cfg.seed}: stopped; the last good checkpoint is kept"
+            )
         out["lr"] = lr
         return out
 

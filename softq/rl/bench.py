@@ -12,7 +12,10 @@ In one run, on one game with one number of environments and threads, four agent-
 and, for DQN (``--what dqn``; :mod:`softq.rl.dqn`), training env steps per second at the paper's replay ratio
 (one batch of 32 per 4 env steps, after learning has started; 1M-transition replay on the training device,
 CUDA graphs where CUDA is), ``dqn_<target>_n<n>_B<num_envs>``, and the replay alone,
-``replay_sample_n<n>_batches_per_s`` (batches of 32 n-step windows with their stacked observations).
+``replay_sample_n<n>_batches_per_s`` (batches of 32 n-step windows with their stacked observations). On CUDA
+the 1-step ``hard`` and 5-step ``soft_ent`` figures are measured again with eager updates (``..._eager``), and
+``--what graph`` checks that the CUDA-graph update computes what the eager one does
+(:mod:`softq.rl.graph_check`; skipped on a CPU), recorded as ``graph_check``.
 
 Saved with the machine (CPU model, cores, GPU) and package versions to ``results/bench/<tag>.json`` (tag: the
 machine kind, e.g. ``cpu-2core``, unless given). Short measurements (``--seconds``) are noisy on a shared machine:
@@ -34,6 +37,7 @@ from softq import config as softq_config
 from softq.rl import dqn
 from softq.rl.a2c import A2C, Config
 from softq.rl.envs import make_env
+from softq.rl.graph_check import compare_update_paths
 from softq.rl.runs import machine, versions
 
 
@@ -92,6 +96,22 @@ def _time_replay(cfg: dqn.Config, seconds: float) -> float:
     return rate
 
 
+def _graph_check(game: str, device: str, threads: int) -> dict[str, Any] | str:
+    """:func:`softq.rl.graph_check.compare_update_paths` for a 1-step ``hard`` and a 5-step ``soft_ent`` DQN."""
+    if softq_config.device(None if device == "auto" else device).type != "cuda":
+        return "skipped: needs CUDA (on a CPU every update is eager)"
+    checks = {}
+    for target, n in (("hard", 1), ("soft_ent", 5)):
+        cfg = dqn.Config(env=game, target=target, tau=0.1, n_step=n, num_envs=8, buffer_size=100_000,
+                         frames=10**12, env_threads=min(threads, 8), device=device)
+        res = compare_update_paths(cfg)
+        checks[f"{target}_n{n}"] = res
+        for r in res["results"]:
+            print(f"graph check {target}_n{n}: {r['mode']:4s} (graph {r['cuda_graph']}) vs eager: weights "
+                  f"{r['rel_param_diff']:.2e} (relative), losses {r['max_rel_loss_diff']:.2e}", flush=True)
+    return checks
+
+
 def machine_tag(m: dict[str, Any]) -> str:
     """A file name for a kind of machine, e.g. ``cpu-2core`` or ``NVIDIA-H100-80GB-HBM3-16core``."""
     kind = re.sub(r"[^A-Za-z0-9]+", "-", m["gpu"]).strip("-") if m.get("gpu") else "cpu"
@@ -100,11 +120,14 @@ def machine_tag(m: dict[str, Any]) -> str:
 
 def run_bench(game: str = "pong", num_envs: int = 16, threads: int = 0, seconds: float = 10.0,
               device: str = "auto", tag: str | None = None, out_dir: str | Path = "results/bench",
-              what: tuple[str, ...] | list[str] = ("a2c", "dqn"), dqn_num_envs: tuple[int, ...] | list[int] = (8,),
-              ) -> dict[str, Any]:
+              what: tuple[str, ...] | list[str] = ("a2c", "dqn", "graph"),
+              dqn_num_envs: tuple[int, ...] | list[int] = (8,)) -> dict[str, Any]:
     """Measure the figures named in ``what`` (module docstring), print them, save and return the JSON record.
 
     Figures already in the machine's file and not measured now are kept."""
+    unknown = sorted(set(what) - {"a2c", "dqn", "graph"})
+    if unknown:
+        raise ValueError(f"what must name some of 'a2c', 'dqn', 'graph', got {unknown}")
     threads = threads or min(num_envs, os.cpu_count() or 1)
     cfg = Config(env=game, rule="proper", frames=10**12, num_envs=num_envs, env_threads=threads, device=device)
     record: dict[str, Any] = {
@@ -132,11 +155,15 @@ def run_bench(game: str = "pong", num_envs: int = 16, threads: int = 0, seconds:
         record["time_dqn"] = time.strftime("%Y-%m-%dT%H:%M:%S")
         record["dqn"] = ("DQN training env steps/s after learning starts: replay 1M on the device, batch 32 every 4 "
                          "env steps, Pong; replay_sample: batches of 32 windows/s")
+        cuda = softq_config.device(None if device == "auto" else device).type == "cuda"
         for b in dqn_num_envs:
-            for target, n in (("hard", 1), ("soft_ent", 1), ("soft_ent", 5)):
+            variants = [("hard", 1, "auto"), ("soft_ent", 1, "auto"), ("soft_ent", 5, "auto")]
+            if cuda:  # CUDA graphs (auto) against the eager update: what the graphs buy
+                variants += [("hard", 1, "off"), ("soft_ent", 5, "off")]
+            for target, n, graph in variants:
                 cfg = dqn.Config(env=game, target=target, tau=0.1, n_step=n, num_envs=b, learning_starts=2000,
-                                 frames=10**12, env_threads=min(threads, b), device=device)
-                key = f"dqn_{target}_n{n}_B{b}"
+                                 frames=10**12, env_threads=min(threads, b), device=device, cuda_graph=graph)
+                key = f"dqn_{target}_n{n}_B{b}" + ("_eager" if graph == "off" else "")
                 figures[key] = _time_dqn(cfg, seconds)
                 print(f"{key:24s} {figures[key]:9.0f} env steps/s", flush=True)
         for n in (1, 5):
@@ -145,6 +172,10 @@ def run_bench(game: str = "pong", num_envs: int = 16, threads: int = 0, seconds:
             key = f"replay_sample_n{n}_batches_per_s"
             figures[key] = _time_replay(cfg, seconds)
             print(f"{key:24s} {figures[key]:9.0f} batches/s", flush=True)
+    if "graph" in what:
+        record["graph_check"] = _graph_check(game, device, threads)
+    elif "graph_check" in old:
+        record["graph_check"] = old["graph_check"]
     record["steps_per_second"] = figures
     record["device"] = str(softq_config.device(None if device == "auto" else device))
     out.parent.mkdir(parents=True, exist_ok=True)

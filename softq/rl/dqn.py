@@ -257,6 +257,7 @@ class DQN:
         self._have_stats = False
         self._graph = self._act_graph = None
         self._eager_updates = 0
+        self.sample_u: torch.Tensor | None = None  # fixed replay draws instead of the generator's (graph_check)
         self.info: dict[str, Any] = {"cuda_graph": self.use_graph,
                                      "replay_bytes_per_transition": self.replay.bytes_per_transition()}
 
@@ -310,7 +311,7 @@ class DQN:
     def _update_body(self) -> None:
         """One gradient step on a sampled batch; only device work (capturable). Writes ``_stats`` and ``_bad``."""
         cfg = self.cfg
-        batch = self.replay.sample(cfg.batch_size, self.gen)
+        batch = self.replay.sample(cfg.batch_size, self.gen, self.sample_u)
         n, size = batch.rewards.shape
         with torch.no_grad():
             q_next = self.target_net(batch.next_obs.reshape(n * size, *batch.next_obs.shape[2:])).view(n, size, -1)

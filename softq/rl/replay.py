@@ -187,14 +187,17 @@ class FrameReplay:
         stacked = torch.stack([frames[:, m: m + width] for m in range(s)], dim=2)  # [N, width, S, H, W]
         return torch.where(keep[..., None, None], stacked, torch.zeros((), dtype=stacked.dtype, device=self.device))
 
-    def sample(self, batch: int, generator: torch.Generator | None = None) -> Batch:
+    def sample(self, batch: int, generator: torch.Generator | None = None, u: torch.Tensor | None = None) -> Batch:
         """``batch`` n-step windows, uniformly over the valid transitions (module docstring); all on the device.
 
         Needs ``len(self) > 0``; it is not checked here (a check would read the device): the agent only samples
-        after ``learning_starts`` steps. ``generator=None`` uses torch's default one (CUDA-graph safe).
+        after ``learning_starts`` steps. ``generator=None`` uses torch's default one (CUDA-graph safe). ``u``, if
+        given, replaces the random draws: ``2 * batch`` uniforms in [0, 1), float64, on the device (the same ``u``
+        gives the same batch; :mod:`softq.rl.graph_check` uses it to feed two update paths the same batches).
         """
         n, s, cand = self.n_step, self.stack, 2 * batch
-        u = torch.rand(cand, dtype=torch.float64, device=self.device, generator=generator)
+        if u is None:
+            u = torch.rand(cand, dtype=torch.float64, device=self.device, generator=generator)
         flat = torch.minimum((u * (self._count * self.num_envs)).long(), self._count * self.num_envs - 1)
         rows, cols = self._lo + torch.div(flat, self.num_envs, rounding_mode="floor"), flat % self.num_envs
         invalid = (self.flags[torch.remainder(rows, self.rows), cols] & RESET) != 0
