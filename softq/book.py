@@ -7,7 +7,8 @@ Usage (``make book`` runs the first form)::
     python -m softq.book --smoke         # SOFTQ_SMOKE=1 in the kernels (fast, every check still made)
 
 For each chapter ``notebooks/NN_topic.md`` (MyST Markdown, paired by jupytext) it writes
-``build/notebooks/NN_topic.ipynb`` (executed), ``build/html/NN_topic.html`` and ``build/checks/NN_topic.jsonl``
+``build/notebooks/NN_topic.ipynb`` (executed), ``build/html/NN_topic.html`` (its equations rendered offline by a
+local MathJax in ``build/html/mathjax/``) and ``build/checks/NN_topic.jsonl``
 (one JSON line per ``softq.check`` call, written by the kernel itself), then gathers every record into
 ``build/checks.json`` and prints a table: chapter, seconds, checks passed, errata found.
 It exits non-zero if a chapter raises (a failed check raises), or if a chapter makes no check at all.
@@ -64,6 +65,29 @@ def _read_records(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
+MATHJAX_CONFIG = """MathJax.Hub.Config({"HTML-CSS": {availableFonts: [], preferredFont: null, webFont: "STIX-Web",
+                                    imageFont: null}, SVG: {font: "STIX-Web"}});
+MathJax.Ajax.loadComplete("[MathJax]/config/local/softq.js");
+"""
+
+
+def local_mathjax(html_dir: Path) -> str:
+    """Copy MathJax 2.7 (from the ``jupyter-server-mathjax`` package) beside the HTML pages; return their URL of it.
+
+    The pages then render their equations offline: nbconvert's default loads MathJax from a CDN. The copy ships only
+    the STIX-Web fonts, so ``config/local/softq.js`` (written here) tells MathJax to use them.
+    """
+    import jupyter_server_mathjax
+
+    target = html_dir / "mathjax"
+    if not (target / "MathJax.js").exists():
+        shutil.copytree(Path(jupyter_server_mathjax.__file__).parent / "static", target, dirs_exist_ok=True)
+    local = target / "config" / "local" / "softq.js"
+    local.parent.mkdir(parents=True, exist_ok=True)
+    local.write_text(MATHJAX_CONFIG, encoding="utf-8")
+    return "mathjax/MathJax.js?config=TeX-AMS-MML_HTMLorMML-full,Safe,local/softq"
+
+
 def run_chapter(md: Path, out: Path, smoke: bool, timeout: int) -> ChapterResult:
     """Execute one chapter in a fresh kernel (cwd = notebooks/), write its notebook, HTML and check records."""
     import jupytext
@@ -107,7 +131,7 @@ def run_chapter(md: Path, out: Path, smoke: bool, timeout: int) -> ChapterResult
     seconds = time.perf_counter() - start
 
     nbformat.write(nb, out / "notebooks" / f"{name}.ipynb")
-    html, _ = HTMLExporter(template_name="lab").from_notebook_node(nb)
+    html, _ = HTMLExporter(template_name="lab", mathjax_url=local_mathjax(out / "html")).from_notebook_node(nb)
     (out / "html" / f"{name}.html").write_text(html, encoding="utf-8")
 
     recs = _read_records(records_file)

@@ -34,6 +34,11 @@ def test_chapter_checks_are_recorded_and_gathered(tmp_path, out):
     assert res.ok, res.error
     assert (res.checks, res.passed, res.errata) == (3, 3, 1)
     assert (out / "notebooks" / "90_good.ipynb").exists() and (out / "html" / "90_good.html").exists()
+    html = (out / "html" / "90_good.html").read_text(encoding="utf-8")
+    assert '<script src="mathjax/MathJax.js?config=' in html and "mathjax/2.7" not in html  # local, not the CDN
+    for needed in ("MathJax.js", "config/TeX-AMS-MML_HTMLorMML-full.js", "config/Safe.js", "config/local/softq.js",
+                   "fonts/HTML-CSS/STIX-Web/woff"):
+        assert (out / "html" / "mathjax" / needed).exists(), needed
     doc = json.loads(book.write_checks_json(out, [res], smoke=True).read_text())
     assert [r["label"] for r in doc["records"]] == ["one plus one", "typed wrongly", "the kernel sees smoke mode"]
     assert doc["records"][0]["chapter"] == "90_good" and doc["records"][1]["erratum"] == "3 is not 2"
