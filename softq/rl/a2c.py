@@ -305,9 +305,13 @@ class A2C:
         obs_dtype = torch.uint8 if self.env.obs_dtype == np.uint8 else torch.float32
         self.buf_obs = torch.zeros((t + 1, b, *self.env.obs_shape), dtype=obs_dtype, device=self.device)
         self.buf_actions = torch.zeros((t, b), dtype=torch.long, device=self.device)
-        self.buf_rewards = torch.zeros((t, b), dtype=torch.float32)
-        self.buf_terminal = torch.zeros((t, b), dtype=torch.bool)
-        self.buf_reset = torch.zeros((t, b), dtype=torch.bool)
+        # host side, pinned on CUDA so that the copies to the device are asynchronous; each buffer is rewritten only
+        # after a host read of the device (the sampled actions, the update's statistics) that its copy precedes
+        pin = self.device.type == "cuda"
+        self._obs_host = torch.zeros((b, *self.env.obs_shape), dtype=obs_dtype, pin_memory=pin)
+        self.buf_rewards = torch.zeros((t, b), dtype=torch.float32, pin_memory=pin)
+        self.buf_terminal = torch.zeros((t, b), dtype=torch.bool, pin_memory=pin)
+        self.buf_reset = torch.zeros((t, b), dtype=torch.bool, pin_memory=pin)
 
     @property
     def frames(self) -> int:
@@ -316,7 +320,7 @@ class A2C:
     def collect(self) -> None:
         """One rollout of ``num_steps`` steps into the buffers, acting with ``pi`` (the behaviour policy)."""
         for t in range(self.cfg.num_steps):
-            self.buf_obs[t].copy_(torch.as_tensor(self.obs))
+            self._upload_obs(t)
             with torch.no_grad():
                 log_pi, _ = self.net(self.buf_obs[t])
             actions = torch.multinomial(log_pi.exp(), 1, generator=self.gen)[:, 0]
@@ -328,7 +332,12 @@ class A2C:
             self.scores.extend(out.scores)
             self.episodes += len(out.scores)
             self.obs = out.obs
-        self.buf_obs[-1].copy_(torch.as_tensor(self.obs))
+        self._upload_obs(-1)
+
+    def _upload_obs(self, row: int) -> None:
+        """``buf_obs[row] = self.obs``, through the (pinned) host buffer."""
+        self._obs_host.numpy()[...] = self.obs
+        self.buf_obs[row].copy_(self._obs_host, non_blocking=True)
 
     def update(self) -> dict[str, float]:
         """One gradient step on the buffers; raises :class:`NonFiniteLoss` on a NaN/inf loss.
@@ -346,7 +355,7 @@ class A2C:
         with regularized.value_checks(False):
             loss, stats = a2c_loss(
                 log_pi.reshape(t + 1, b, -1), v.reshape(t + 1, b), self.buf_actions,
-                self.buf_rewards.to(dev), self.buf_terminal.to(dev), self.buf_reset.to(dev),
+                *(x.to(dev, non_blocking=True) for x in (self.buf_rewards, self.buf_terminal, self.buf_reset)),
                 cfg.rule, cfg.gamma, cfg.tau, cfg.value_coef,
             )
         lr = cfg.lr * (1.0 - self.updates / self.total_updates) if cfg.lr_schedule == "linear" else cfg.lr
