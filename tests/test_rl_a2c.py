@@ -147,3 +147,18 @@ def test_env_given_to_agent_and_rollout_masks():
     assert agent.buf_terminal[0].tolist() == [False, True] and agent.buf_reset[1].tolist() == [False, True]
     assert agent.buf_rewards[1, 1] == 0
     env.close()
+
+
+def test_a_checkpoint_from_another_device_resumes_with_a_fresh_action_generator():
+    agent = A2C(Config(env="CartPole-v1", rule="proper", frames=400, **SMALL))
+    agent.step()
+    state = agent.state_dict()
+    assert state["gen_device"] == "cpu"
+    resumed = A2C(Config(env="CartPole-v1", rule="proper", frames=400, **SMALL))
+    resumed.load_state_dict(state)
+    assert resumed.info["action_rng_restored"] is True
+    state["gen"], state["gen_device"] = torch.zeros(16, dtype=torch.uint8), "cuda"  # a CUDA generator's state
+    resumed.load_state_dict(state)
+    assert resumed.info["action_rng_restored"] is False
+    resumed.step()
+    assert resumed.updates == 2

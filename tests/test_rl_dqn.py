@@ -343,3 +343,25 @@ def test_cartpole_soft_ent_learns(tmp_path):
     result = train(cfg, tmp_path, progress=False)
     print(f"soft_ent: mean score of the last 100 games {result['score_mean100']:.1f} in {time.time() - t0:.1f}s")
     assert result["score_mean100"] > 100
+
+
+def test_a_checkpoint_from_a_cuda_graph_run_resumes_on_the_cpu():
+    """A resume may change device and graphs: Adam's `capturable` and the replay's generator follow the new run."""
+    cfg = Config(**{**CARTPOLE, "learning_starts": 40, "buffer_size": 2000})
+    agent = DQN(cfg)
+    for _ in range(20):
+        agent.step()
+    state = agent.state_dict()
+    opt = state["opt"]  # as a CUDA-graph run saves them: capturable Adam, a CUDA generator's 16-byte state
+    state["opt"] = {**opt, "param_groups": [{**g, "capturable": True} for g in opt["param_groups"]]}
+    state["gen"], state["gen_device"] = torch.zeros(16, dtype=torch.uint8), "cuda"
+    resumed = DQN(cfg)
+    resumed.load_state_dict(state)
+    assert all(g["capturable"] is False for g in resumed.opt.param_groups)
+    assert resumed.info["replay_rng_restored"] is False
+    for _ in range(5):
+        resumed.step()
+    assert resumed.grad_steps > agent.grad_steps and math.isfinite(resumed.step()["loss"])
+    same = DQN(cfg)  # a CPU checkpoint on the CPU restores the generator
+    same.load_state_dict(agent.state_dict())
+    assert same.info["replay_rng_restored"] is True

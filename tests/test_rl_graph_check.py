@@ -34,15 +34,16 @@ def test_eager_paths_agree_bit_for_bit_on_cpu(target, n_step):
     for r in res["results"]:
         assert r["cuda_graph"] is False  # on a CPU cuda_graph=on runs eagerly
         assert r["max_abs_param_diff"] == 0.0 and r["max_rel_loss_diff"] == 0.0
+        assert r["greedy_action_mismatch"] == 0.0
 
 
 def test_the_check_sees_a_path_that_froze_its_batch(monkeypatch):
     """A graph that baked in its first draws (trains on one batch forever) is caught, by orders of magnitude."""
     real, calls = graph_check._run, {"n": 0}
 
-    def frozen_second_run(cfg, source, draws, target_every):
+    def frozen_second_run(cfg, source, draws, steps, target_every):
         calls["n"] += 1
-        return real(cfg, source, draws[:1].expand_as(draws) if calls["n"] == 2 else draws, target_every)
+        return real(cfg, source, draws[:1].expand_as(draws) if calls["n"] == 2 else draws, steps, target_every)
 
     monkeypatch.setattr(graph_check, "_run", frozen_second_run)
     res = compare_update_paths(Config(**CARTPOLE), updates=25, fill_env_steps=300, modes=("off", "off"))

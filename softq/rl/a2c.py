@@ -45,8 +45,8 @@ from softq.rl.envs import CLASSIC_ENVS, VecEnv, is_atari, make_env
 from softq.rl.nets import make_net
 
 __all__ = [
-    "RULES", "Config", "auto_torch_threads", "NonFiniteLoss", "A2C", "a2c_loss", "dueling_soft_q_loss",
-    "reset_placeholders", "masked_mean",
+    "RULES", "Config", "auto_torch_threads", "restore_generator", "NonFiniteLoss", "A2C", "a2c_loss",
+    "dueling_soft_q_loss", "reset_placeholders", "masked_mean",
 ]
 
 RULES = ("naive", "proper", "soft_q")
@@ -149,6 +149,18 @@ def auto_torch_threads(env: str, device: torch.device) -> int:
     return max(1, (os.cpu_count() or 2) // 2)
 
 
+def restore_generator(gen: torch.Generator | None, state: torch.Tensor | None, device_type: str | None) -> bool:
+    """Set ``gen`` to a saved ``state`` if it was saved from a generator of the same device type; return whether it was.
+
+    A CPU and a CUDA generator have states of different sizes, and a run may resume on the other device (``device``
+    is a run-control field): then ``gen`` keeps its fresh seed and the caller records that the stream changed.
+    """
+    if gen is None or state is None or device_type != gen.device.type:
+        return False
+    gen.set_state(state)
+    return True
+
+
 class NonFiniteLoss(RuntimeError):
     """A loss became NaN or infinite: the run stops, keeping its last good checkpoint."""
 
@@ -226,12 +238,13 @@ def a2c_loss(
         policy = masked_mean(losses.policy_gradient_loss(log_prob, returns - state_values[:horizon], kls, tau), weight)
         value = masked_mean(losses.value_loss(v[:horizon], returns), weight)
         loss = policy + value_coef * value
-        stats.update(policy_loss=policy.detach(), value_loss=value.detach(), q_loss=torch.tensor(float("nan")))
+        stats.update(policy_loss=policy.detach(), value_loss=value.detach(),
+                     q_loss=torch.full((), float("nan"), device=loss.device))
     elif rule == "soft_q":
         # Section 6.3 scaling; the paper's "1/gamma" for the advantage stream is an erratum for 1/tau.
         loss = dueling_soft_q_loss(log_pi, v, actions, rewards, terminal, reset, gamma, tau,
                                    value_scale=value_coef, advantage_scale=1.0 / tau, kls=kls.detach())
-        nan = torch.tensor(float("nan"))
+        nan = torch.full((), float("nan"), device=loss.device)
         stats.update(policy_loss=nan, value_loss=nan, q_loss=loss.detach())
     else:
         raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
@@ -303,6 +316,7 @@ class A2C:
         self.obs = self.env.reset(seed=cfg.seed)
         t, b = cfg.num_steps, cfg.num_envs
         obs_dtype = torch.uint8 if self.env.obs_dtype == np.uint8 else torch.float32
+        self.info: dict[str, Any] = {}  # what a resume could not restore (config.json "starts")
         self.buf_obs = torch.zeros((t + 1, b, *self.env.obs_shape), dtype=obs_dtype, device=self.device)
         self.buf_actions = torch.zeros((t, b), dtype=torch.long, device=self.device)
         # host side, pinned on CUDA so that the copies to the device are asynchronous; each buffer is rewritten only
@@ -390,6 +404,7 @@ class A2C:
     def state_dict(self) -> dict[str, Any]:
         return {
             "net": self.net.state_dict(), "opt": self.opt.state_dict(), "gen": self.gen.get_state(),
+            "gen_device": self.device.type,
             "torch_rng": torch.get_rng_state(),
             "updates": self.updates, "episodes": self.episodes, "scores": list(self.scores),
             "env": self.env.state_dict(), "obs": np.array(self.obs),
@@ -400,7 +415,7 @@ class A2C:
         (Atari) the games in progress are lost and the environments start fresh games, seeded by the update count."""
         self.net.load_state_dict(state["net"])
         self.opt.load_state_dict(state["opt"])
-        self.gen.set_state(state["gen"])
+        self.info["action_rng_restored"] = restore_generator(self.gen, state["gen"], state.get("gen_device", "cpu"))
         torch.set_rng_state(state["torch_rng"])
         self.updates, self.episodes = state["updates"], state["episodes"]
         self.scores = deque(state["scores"], maxlen=100)

@@ -108,7 +108,8 @@ def _graph_check(game: str, device: str, threads: int) -> dict[str, Any] | str:
         checks[f"{target}_n{n}"] = res
         for r in res["results"]:
             print(f"graph check {target}_n{n}: {r['mode']:4s} (graph {r['cuda_graph']}) vs eager: weights "
-                  f"{r['rel_param_diff']:.2e} (relative), losses {r['max_rel_loss_diff']:.2e}", flush=True)
+                  f"{r['rel_param_diff']:.2e} (relative), losses {r['max_rel_loss_diff']:.2e}, greedy actions "
+                  f"{r['greedy_action_mismatch']:.1%} differ", flush=True)
     return checks
 
 

@@ -59,7 +59,7 @@ import torch.nn.functional as F
 
 from softq import config as softq_config
 from softq import losses, regularized
-from softq.rl.a2c import NonFiniteLoss, auto_torch_threads
+from softq.rl.a2c import NonFiniteLoss, auto_torch_threads, restore_generator
 from softq.rl.envs import CLASSIC_ENVS, VecEnv, is_atari, make_env
 from softq.rl.nets import make_q_net
 from softq.rl.replay import FrameReplay
@@ -221,6 +221,9 @@ class DQN:
     def __init__(self, cfg: Config, env: VecEnv | None = None):
         self.cfg = cfg
         self.device = softq_config.device(None if cfg.device == "auto" else cfg.device)
+        if self.device.type == "cuda":
+            # streams, events and graph capture bind to the *current* device: make it ours (cuda:1 on a 2-GPU host)
+            torch.cuda.set_device(self.device)
         torch.set_num_threads(cfg.torch_threads or auto_torch_threads(cfg.env, self.device))
         self.env = env or make_env(cfg.env, cfg.num_envs, threads=cfg.env_threads)
         torch.manual_seed(cfg.seed)
@@ -400,6 +403,7 @@ class DQN:
         return {
             "net": self.net.state_dict(), "target_net": self.target_net.state_dict(), "opt": self.opt.state_dict(),
             "rng": self.rng.bit_generator.state, "gen": None if self.gen is None else self.gen.get_state(),
+            "gen_device": self.device.type,
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
             "counters": {k: getattr(self, k) for k in ("updates", "env_steps", "grad_steps", "episodes",
@@ -414,10 +418,17 @@ class DQN:
         the replay starts empty and training waits ``learning_starts`` env steps (``self.info`` records it)."""
         self.net.load_state_dict(state["net"])
         self.target_net.load_state_dict(state["target_net"])
-        self.opt.load_state_dict(state["opt"])
+        # the optimizer's param groups carry `capturable`: keep this run's (a resume may switch CPU <-> CUDA graphs)
+        opt = state["opt"]
+        self.opt.load_state_dict({**opt, "param_groups": [{**g, "capturable": self.use_graph}
+                                                          for g in opt["param_groups"]]})
+        self._graph = self._act_graph = None  # a graph captured before would keep reading the replaced tensors
+        self._eager_updates = 0
         self.rng.bit_generator.state = state["rng"]
-        if self.gen is not None and state["gen"] is not None:
-            self.gen.set_state(state["gen"])
+        if self.gen is None:  # CUDA graphs: the replay draws from the default CUDA generator, restored below
+            self.info["replay_rng_restored"] = state.get("cuda_rng") is not None
+        else:
+            self.info["replay_rng_restored"] = restore_generator(self.gen, state["gen"], state.get("gen_device", "cpu"))
         torch.set_rng_state(state["torch_rng"])
         if state.get("cuda_rng") is not None and self.device.type == "cuda":
             torch.cuda.set_rng_state(state["cuda_rng"], self.device)
