@@ -74,5 +74,9 @@ def test_bench_skips_the_graph_check_on_cpu_and_names_bad_figures(tmp_path):
     assert rec["graph_check"].startswith("skipped: needs CUDA")
     saved = json.loads((tmp_path / "t.json").read_text())
     assert saved["graph_check"] == rec["graph_check"] and saved["machine"]["cores"] >= 1
+    saved.update(time_dqn="earlier", dqn="how", steps_per_second={"dqn_hard_n1_B8": 1.0})
+    (tmp_path / "t.json").write_text(json.dumps(saved))
+    again = run_bench(what=("graph",), out_dir=tmp_path, tag="t", device="cpu")  # figures not measured are kept
+    assert (again["time_dqn"], again["dqn"], again["steps_per_second"]) == ("earlier", "how", {"dqn_hard_n1_B8": 1.0})
     with pytest.raises(ValueError, match="what"):
         run_bench(what=("a2c", "speed"), out_dir=tmp_path, tag="t")

@@ -152,6 +152,8 @@ def run_bench(game: str = "pong", num_envs: int = 16, threads: int = 0, seconds:
               f"A2C {figures[f'a2c_{backend}']:9.0f} steps/s", flush=True)
     if "a2c" not in what and "time" in old:  # the A2C figures kept from the file keep their date
         record["time"] = old["time"]
+    if "dqn" not in what:  # the DQN figures kept from the file keep their date and description
+        record.update({k: old[k] for k in ("time_dqn", "dqn") if k in old})
     if "dqn" in what:
         record["time_dqn"] = time.strftime("%Y-%m-%dT%H:%M:%S")
         record["dqn"] = ("DQN training env steps/s after learning starts: replay 1M on the device, batch 32 every 4 "
