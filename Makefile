@@ -66,3 +66,11 @@ bench: $(STAMP)
 
 train: $(STAMP)
 	$(PY) -m softq.rl train $(ARGS)
+
+# `make lease`: the one prepared command for a lent GPU machine (tools/lease.sh; its header says how to call it with
+#   the device tool): install the carried wheels if needed, bench (<= 90 s), then A2C naive/proper/soft_q on Pong side
+#   by side for the rest of LEASE_SECONDS (default 540), packed into $OUT (default lease-out/) as <= 8 files < 16 MiB.
+#   No .venv prerequisite: the device machine is offline and uses its own python3.
+.PHONY: lease
+lease:
+	bash tools/lease.sh

@@ -32,7 +32,11 @@ def smoke(full: T, small: T) -> T:
 
 
 def device(prefer: str | None = None) -> torch.device:
-    """The device to train on: ``prefer`` if given ("cpu", "cuda", "cuda:1"), else CUDA when available."""
+    """The device to train on: ``prefer`` if given ("cpu", "cuda", "cuda:1"), else CUDA when available.
+
+    A CUDA device always comes back with its index (``cuda`` -> ``cuda:0``): ``torch.cuda.set_device``, streams and
+    graph capture need one, and a run records which GPU it used.
+    """
     if prefer is not None:
         try:
             dev = torch.device(prefer)
@@ -42,8 +46,11 @@ def device(prefer: str | None = None) -> torch.device:
             raise ValueError(f"device: prefer={prefer!r} but CUDA is not available on this machine")
         if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
             raise ValueError(f"device: prefer={prefer!r} but this machine has {torch.cuda.device_count()} GPU(s)")
-        return dev
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", 0)
+    return dev
 
 
 def generator(seed: int) -> torch.Generator:

@@ -29,6 +29,8 @@ __all__ = [
     "q_from_value_and_policy",
     "kl",
     "entropy",
+    "PENALTIES",
+    "penalty",
     "policy_value",
     "discounted_sum",
     "n_step_soft_return",
@@ -160,24 +162,64 @@ def q_from_value_and_policy(
     return v[..., None] + tau * (log_pi - log_reference(log_pi, pi_bar))
 
 
-def kl(pi: torch.Tensor, pi_bar: torch.Tensor | None = None) -> torch.Tensor:
+def kl(pi: torch.Tensor | None = None, pi_bar: torch.Tensor | None = None, *,
+       log_pi: torch.Tensor | None = None) -> torch.Tensor:
     """``D_KL[pi || pi_bar] = sum_a pi(a) (log pi(a) - log pi_bar(a))`` over the last axis.
 
     Shapes: ``pi: [..., A]``, ``pi_bar: [..., A]`` or ``None`` (uniform) -> ``[...]``. Terms with ``pi(a) = 0``
     contribute 0; differentiable in ``pi`` (and in ``pi_bar``) wherever ``pi > 0``.
+
+    Give ``log_pi`` (``[..., A]``, e.g. a ``log_softmax``) instead of ``pi`` to differentiate through the
+    log-probabilities, as a policy network does: the terms ``exp(l) (l - log pi_bar)`` then have the finite
+    derivative ``exp(l) (l - log pi_bar + 1)`` even where ``exp(l)`` underflows to 0 (a logit gap above about 104
+    in float32), where ``xlogy(pi, pi)`` of ``pi = exp(l)`` would back-propagate 0 * inf = NaN.
     """
-    validate_distribution(pi.detach(), "pi")
+    pi, log_pi = _probs_and_logs(pi, log_pi)
     log_ref = log_reference(pi, pi_bar)
-    return (torch.xlogy(pi, pi) - pi * log_ref).sum(-1)
+    if log_pi is None:
+        return (torch.xlogy(pi, pi) - pi * log_ref).sum(-1)
+    return (pi * (log_pi - log_ref)).sum(-1)
 
 
-def entropy(pi: torch.Tensor) -> torch.Tensor:
+def entropy(pi: torch.Tensor | None = None, *, log_pi: torch.Tensor | None = None) -> torch.Tensor:
     """Shannon entropy ``H[pi] = -sum_a pi(a) log pi(a)``; ``[..., A]`` -> ``[...]``.
 
-    Against a uniform reference over ``A`` actions, ``KL[pi || uniform] = log A - H[pi]`` (Section 3).
+    Against a uniform reference over ``A`` actions, ``KL[pi || uniform] = log A - H[pi]`` (Section 3). ``log_pi``
+    instead of ``pi``: as in :func:`kl`, a finite gradient through log-probabilities.
     """
+    pi, log_pi = _probs_and_logs(pi, log_pi)
+    if log_pi is None:
+        return -torch.xlogy(pi, pi).sum(-1)
+    return -(pi * log_pi).sum(-1)
+
+
+def _probs_and_logs(pi: torch.Tensor | None, log_pi: torch.Tensor | None):
+    """``(pi, log_pi)`` from exactly one of them (``log_pi`` stays ``None`` when ``pi`` was given); validated."""
+    if (pi is None) == (log_pi is None):
+        raise ValueError("give exactly one of pi and log_pi")
+    if log_pi is not None:
+        pi = log_pi.exp()
     validate_distribution(pi.detach(), "pi")
-    return -torch.xlogy(pi, pi).sum(-1)
+    return pi, log_pi
+
+
+#: The two forms of the penalty against a uniform ``pi_bar`` (Sections 3 and 6): the KL, or minus the entropy.
+PENALTIES = ("kl", "entropy")
+
+
+def penalty(log_pi: torch.Tensor, form: str) -> torch.Tensor:
+    """The per-state penalty ``k(s)`` that an entropy-regularized return subtracts as ``- tau k(s)`` (eqs 34, 46).
+
+    ``form="kl"``: ``KL[pi || uniform](s)``, the paper's penalty with ``pi_bar`` uniform (eqs 79, 80). ``"entropy"``:
+    ``-H[pi](s) = KL[pi || uniform](s) - log|A|``, the entropy bonus ``+ tau H`` of Figure 1's EntRL and of the
+    ``Q = V + tau log pi`` of Section 6.3. The two have the same gradient and differ by ``tau log|A|`` per step in a
+    return. From log-probabilities (finite gradients, :func:`kl`). Shapes: ``log_pi: [..., A]`` -> ``[...]``.
+    """
+    if form == "kl":
+        return kl(log_pi=log_pi)
+    if form == "entropy":
+        return -entropy(log_pi=log_pi)
+    raise ValueError(f"penalty must be one of {PENALTIES}, got {form!r}")
 
 
 def policy_value(q: torch.Tensor, pi: torch.Tensor, tau: float, pi_bar: torch.Tensor | None = None) -> torch.Tensor:
@@ -400,8 +442,7 @@ def backup_penalty(q: torch.Tensor, tau: float, backup: str) -> torch.Tensor:
     backup = _check_backup(backup)
     if backup == "hard":
         return torch.zeros(q.shape[:-1], dtype=q.dtype, device=q.device)
-    pi = boltzmann_policy(q, tau)
-    return kl(pi) if backup == "soft_kl" else -entropy(pi)
+    return penalty(log_boltzmann_policy(q, tau), "kl" if backup == "soft_kl" else "entropy")
 
 
 def q_learning_target(

@@ -38,3 +38,17 @@ def test_device_and_generator_validate():
 def test_unknown_device_names_itself():
     with pytest.raises(ValueError, match="device must be"):
         config.device("gpu0")
+
+
+@pytest.mark.parametrize("prefer", [None, "cuda"])
+def test_cuda_device_always_has_an_index(monkeypatch, prefer):
+    """``torch.cuda.set_device(torch.device("cuda"))`` raises "Expected a torch.device with a specified index"
+    (before touching CUDA): every CUDA device softq hands out must carry its index."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    dev = config.device(prefer)
+    assert dev == torch.device("cuda", 0) and dev.index == 0
+    assert config.device("cuda:1").index == 1
+    from torch.cuda import _get_device_index
+
+    assert _get_device_index(dev) == 0  # what set_device does first; torch.device("cuda") raises here

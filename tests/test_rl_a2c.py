@@ -30,7 +30,7 @@ def test_each_rule_runs_with_softq_losses(env, rule, monkeypatch):
 
     for name in ("policy_gradient_loss", "value_loss", "soft_q_loss", "scale_grad"):
         spy(softq.losses, name)
-    for name in ("n_step_soft_return", "kl", "q_from_value_and_policy", "soft_value"):
+    for name in ("n_step_soft_return", "penalty", "q_from_value_and_policy", "soft_value"):
         spy(softq.regularized, name)
     cfg = Config(env=env, rule=rule, frames=4 * 2 * 5 * 40 if env != "CartPole-v1" else 2 * 5 * 40, **SMALL)
     agent = A2C(cfg)
@@ -40,7 +40,7 @@ def test_each_rule_runs_with_softq_losses(env, rule, monkeypatch):
     agent.env.close()
     assert agent.updates == 40 and all(math.isfinite(stats[k]) for k in ("loss", "entropy", "kl", "grad_norm"))
     assert any(not torch.equal(p, q) for p, q in zip(before, agent.net.parameters(), strict=True))
-    assert calls["n_step_soft_return"] == 40 and calls["kl"] == 40
+    assert calls["n_step_soft_return"] == 40 and calls["penalty"] == 40
     if rule == "soft_q":
         assert calls["soft_q_loss"] == 40 and calls["q_from_value_and_policy"] == 40 and calls["scale_grad"] == 80
         assert "policy_gradient_loss" not in calls and "value_loss" not in calls
@@ -131,7 +131,9 @@ def test_soft_q_and_proper_agree_in_expectation_at_the_value_stream():
 def test_bad_configs_are_rejected_by_name():
     for field, value in [("rule", "hard"), ("algo", "dqn"), ("num_envs", 0), ("tau", 0.0), ("gamma", 1.5),
                          ("lr", -1.0), ("frames", 0), ("lr_schedule", "cosine"), ("device", "tpu"),
-                         ("env_backend", "gymnasium"), ("seed", -1), ("max_grad_norm", float("nan"))]:
+                         ("env_backend", "gymnasium"), ("seed", -1), ("max_grad_norm", float("nan")),
+                         ("penalty", "kl_uniform"), ("optimizer", "adam"), ("precision", "fp16"),
+                         ("schedule_frames", -1), ("policy_init_scale", 0.0)]:
         with pytest.raises(ValueError, match=field):
             Config(env="CartPole-v1", **{field: value})
     with pytest.raises(ValueError, match="Zork"):
@@ -162,3 +164,127 @@ def test_a_checkpoint_from_another_device_resumes_with_a_fresh_action_generator(
     assert resumed.info["action_rng_restored"] is False
     resumed.step()
     assert resumed.updates == 2
+
+
+def test_the_paper_defaults():
+    """Atari A2C as the paper ran it: entropy bonus (Figure 1's EntRL), TensorFlow's RMSProp (baselines), the
+    learning rate's horizon at the paper's 320M frames whatever the run's length, the 2017 policy-head gain."""
+    from softq.rl.optim import RMSpropTF
+
+    cfg = Config()
+    assert (cfg.penalty, cfg.optimizer, cfg.schedule_frames, cfg.policy_init_scale) == ("entropy", "rmsprop_tf",
+                                                                                          320_000_000, 1.0)
+    agent = A2C(Config(env="CartPole-v1", frames=400, **SMALL))
+    assert isinstance(agent.opt, RMSpropTF)
+    agent.env.close()
+
+
+def test_learning_rate_schedule_does_not_depend_on_where_the_run_stops():
+    """A 1M-frame run follows the first 1M frames of a 4M-frame run's schedule (the horizon is schedule_frames)."""
+    short = A2C(Config(env="CartPole-v1", frames=1000, schedule_frames=4000, **SMALL))
+    long = A2C(Config(env="CartPole-v1", frames=4000, schedule_frames=4000, **SMALL))
+    rates = []
+    while short.updates < short.total_updates:
+        rates.append((short.step()["lr"], long.step()["lr"]))
+    assert all(a == b for a, b in rates) and rates[-1][0] > 0.7 * short.cfg.lr
+    # schedule_frames = 0: the horizon is the run's own length (the rate reaches 0 at its end)
+    own = A2C(Config(env="CartPole-v1", frames=1000, schedule_frames=0, **SMALL))
+    while own.updates < own.total_updates - 1:
+        own.step()
+    assert own.step()["lr"] == pytest.approx(own.cfg.lr * own.frames_per_update / 1000)
+    for agent in (short, long, own):
+        agent.env.close()
+
+
+def test_penalty_forms_differ_by_tau_log_a_per_step():
+    """``entropy`` (-H) and ``kl`` (KL against uniform) penalties: equal gradients, values apart by log|A|; the
+    naive rule's update is the same in both forms, the proper rule's returns differ by tau log|A| sum gamma^d."""
+    log_pi, v, actions, rewards, terminal, reset = _rollout(seed=7)
+    gamma, tau, c = 0.9, 0.1, 0.5
+    z = log_pi.detach().clone().requires_grad_()  # logits: the gradients agree on the simplex, through softmax
+    k_kl = softq.regularized.penalty(torch.log_softmax(z, -1), "kl")
+    k_ent = softq.regularized.penalty(torch.log_softmax(z, -1), "entropy")
+    torch.testing.assert_close(k_ent, k_kl - math.log(4))
+    (g_kl,) = torch.autograd.grad(k_kl.sum(), z)
+    (g_ent,) = torch.autograd.grad(k_ent.sum(), z)
+    torch.testing.assert_close(g_kl, g_ent)
+    grads = {}
+    for rule in RULES:
+        for form in ("kl", "entropy"):
+            zz, vv = log_pi.detach().clone().requires_grad_(), v.detach().clone().requires_grad_()
+            loss, _ = a2c_loss(torch.log_softmax(zz, -1), vv, actions, rewards, terminal, reset, rule, gamma, tau,
+                               c, form)
+            grads[rule, form] = torch.autograd.grad(loss, (zz, vv))
+    for a, b in zip(grads["naive", "kl"], grads["naive", "entropy"], strict=True):
+        torch.testing.assert_close(a, b)
+    assert not torch.allclose(grads["proper", "kl"][1], grads["proper", "entropy"][1])
+    assert not torch.allclose(grads["soft_q", "kl"][1], grads["soft_q", "entropy"][1])
+
+
+@pytest.mark.parametrize("form", ["kl", "entropy"])
+def test_soft_q_one_step_loss_by_hand(form):
+    """T = 1: ``y = r + gamma V(s_1)`` and ``Q = V + tau log pi`` (entropy, Section 6.3) or
+    ``V + tau log(pi / uniform)`` (KL), so the loss is 1/2 (Q(s_0, a_0) - y)^2, computed here by hand."""
+    g = torch.Generator().manual_seed(11)
+    log_pi = torch.log_softmax(torch.randn(2, 1, 3, generator=g, dtype=torch.float64), -1)
+    v = torch.randn(2, 1, generator=g, dtype=torch.float64)
+    actions, rewards = torch.tensor([[2]]), torch.tensor([[0.7]], dtype=torch.float64)
+    no = torch.zeros(1, 1, dtype=torch.bool)
+    tau, gamma = 0.2, 0.9
+    q = v[0, 0] + tau * log_pi[0, 0, 2] + (tau * math.log(3) if form == "kl" else 0.0)
+    y = 0.7 + gamma * v[1, 0]
+    loss, _ = a2c_loss(log_pi, v, actions, rewards, no, no, "soft_q", gamma, tau, 0.5, form)
+    torch.testing.assert_close(loss, 0.5 * (q - y) ** 2)
+
+
+@pytest.mark.parametrize("rule", ["naive", "proper"])
+def test_an_underflowing_probability_leaves_the_weights_finite(rule):
+    """A logit gap of 200 makes a float32 probability exactly 0; ``xlogy(pi, pi)`` then back-propagates NaN into
+    the weights while the loss stays finite. The KL from log-probabilities keeps every gradient finite."""
+    agent = A2C(Config(env="CartPole-v1", rule=rule, frames=400, penalty="kl", **SMALL))
+    with torch.no_grad():
+        agent.net.policy.weight.zero_()
+        agent.net.policy.bias.copy_(torch.tensor([200.0, 0.0]))
+    assert agent.net(torch.zeros(1, 4))[0].exp()[0, 1] == 0  # the probability underflows
+    stats = agent.step()
+    assert math.isfinite(stats["loss"]) and math.isfinite(stats["grad_norm"])
+    assert all(torch.isfinite(p).all() for p in agent.net.parameters())
+    agent.assert_finite()
+    agent.env.close()
+
+
+def test_non_finite_weights_are_never_checkpointed(tmp_path):
+    from softq.rl.a2c import NonFiniteLoss
+    from softq.rl.runs import train
+
+    agent_cfg = Config(env="CartPole-v1", rule="proper", frames=400, **SMALL)
+    agent = A2C(agent_cfg)
+    with torch.no_grad():
+        agent.net.value.bias.fill_(float("nan"))
+    with pytest.raises(NonFiniteLoss, match="non-finite weights"):
+        agent.assert_finite()
+    agent.env.close()
+    # through train(): a NaN gradient norm stops the run; the checkpoint on disk stays the last good one
+    cfg = Config(env="CartPole-v1", rule="proper", frames=4000, log_every=5, checkpoint_every=5,
+                 **{**SMALL, "num_envs": 2})
+    original = A2C.update
+    calls = {"n": 0}
+
+    def poisoned(self):
+        calls["n"] += 1
+        if calls["n"] == 12:
+            with torch.no_grad():
+                self.net.value.bias.fill_(float("nan"))
+        return original(self)
+
+    import softq.rl.a2c as a2c_mod
+
+    a2c_mod.A2C.update = poisoned
+    try:
+        with pytest.raises(NonFiniteLoss):
+            train(cfg, tmp_path, progress=False)
+    finally:
+        a2c_mod.A2C.update = original
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    assert state["agent"]["updates"] == 10
+    assert all(torch.isfinite(t).all() for t in state["agent"]["net"].values())

@@ -14,7 +14,7 @@ import torch
 
 import softq.rl.a2c
 from softq.rl.__main__ import main
-from softq.rl.a2c import Config, NonFiniteLoss
+from softq.rl.a2c import CARTPOLE, Config, NonFiniteLoss
 from softq.rl.runs import COLUMNS, train
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -116,9 +116,9 @@ def test_bad_command_lines_are_rejected(argv, tmp_path, capsys):
 
 @pytest.mark.parametrize("rule", ["proper", "soft_q"])
 def test_cartpole_learns(rule, tmp_path):
-    """A short CartPole run clearly learns (random play scores ~22): tuned for CartPole, not the Atari defaults."""
-    cfg = Config(env="CartPole-v1", rule=rule, frames=80_000, num_envs=8, lr=2e-3, lr_schedule="constant",
-                 log_every=100)
+    """A short CartPole run clearly learns (random play scores ~22): tuned for CartPole, not the Atari defaults
+    (softq.rl.a2c.CARTPOLE says why)."""
+    cfg = Config(**CARTPOLE, rule=rule, frames=80_000, num_envs=8, lr=2e-3, lr_schedule="constant", log_every=100)
     t0 = time.time()
     result = train(cfg, tmp_path, progress=False)
     print(f"{rule}: mean score of the last 100 games {result['score_mean100']:.1f} in {time.time() - t0:.1f}s")
@@ -134,3 +134,23 @@ def test_atari_resume_starts_fresh_games(tmp_path):
     assert train(cfg, tmp_path, resume=True, progress=False)["update"] == 20
     starts = json.loads((tmp_path / "config.json").read_text())["starts"]
     assert [s["envs_restored"] for s in starts] == [None, False]
+
+
+def test_parallel_runs_split_the_cores(monkeypatch):
+    """--parallel k gives each run its own cores and thread counts for them (not k times the machine's)."""
+    from softq.rl.runs import core_slots, split_threads
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)))
+    slots = core_slots(3)
+    assert slots == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9], [10, 11, 12, 13, 14]]
+    assert not set(slots[0]) & set(slots[1])
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    assert core_slots(2) == [[0], [1]] and core_slots(3) == [[0], [1], [0]]
+    cfg = split_threads(Config(env="PongNoFrameskip-v4", device="cpu"), 1)
+    assert (cfg.env_threads, cfg.torch_threads) == (1, 1)
+    cfg = split_threads(Config(env="PongNoFrameskip-v4", device="cpu"), 8)
+    assert (cfg.env_threads, cfg.torch_threads) == (8, 4)
+    kept = split_threads(Config(env="PongNoFrameskip-v4", device="cpu", env_threads=3, torch_threads=2), 1)
+    assert (kept.env_threads, kept.torch_threads) == (3, 2)
+    with pytest.raises(ValueError, match="parallel"):
+        core_slots(0)

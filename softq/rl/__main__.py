@@ -78,6 +78,10 @@ def _parser(algo: str = "a2c") -> argparse.ArgumentParser:
     b.add_argument("--what", type=_list(str), default=["a2c", "dqn", "graph"],
                    help="what to measure: a2c, dqn, graph (the CUDA-graph check; CUDA only)")
     b.add_argument("--dqn-num-envs", type=_list(int), default=[8], help="DQN: numbers of envs to measure")
+    b.add_argument("--side-by-side", type=Path, metavar="OLD_TREE",
+                   help="instead: this code against another checkout (git worktree add OLD_TREE <commit>), "
+                        "alternating, --reps times each; saved under 'side_by_side' in the machine's file")
+    b.add_argument("--reps", type=int, default=3, help="repetitions of each --side-by-side measurement")
     return p
 
 
@@ -88,6 +92,14 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["train"] and algo not in ("a2c", "dqn"):
         parser.error(f"argument --algo: must be 'a2c' or 'dqn', got {algo!r}")
     args = parser.parse_args(argv)
+    if args.command == "bench" and args.side_by_side is not None:
+        from softq.rl.bench import save_side_by_side, side_by_side
+
+        what = tuple(w for w in args.what if w in ("a2c", "dqn"))
+        record = side_by_side(args.side_by_side, reps=args.reps, seconds=args.seconds, game=args.game,
+                              num_envs=args.num_envs, dqn_num_envs=args.dqn_num_envs[0], what=what)
+        save_side_by_side(record, args.out, args.tag)
+        return 0
     if args.command == "bench":
         from softq.rl.bench import run_bench
 

@@ -43,14 +43,24 @@ from softq import config as softq_config
 from softq import losses, regularized
 from softq.rl.envs import CLASSIC_ENVS, VecEnv, is_atari, make_env
 from softq.rl.nets import make_net
+from softq.rl.optim import OPTIMIZERS, make_optimizer
 
 __all__ = [
-    "RULES", "Config", "auto_torch_threads", "restore_generator", "NonFiniteLoss", "A2C", "a2c_loss",
+    "RULES", "CARTPOLE", "Config", "auto_torch_threads", "restore_generator", "NonFiniteLoss", "A2C", "a2c_loss",
     "dueling_soft_q_loss", "reset_placeholders", "masked_mean",
 ]
 
 RULES = ("naive", "proper", "soft_q")
 ALGOS = ("a2c",)
+PRECISIONS = ("fp32", "bf16")
+#: The book's live CartPole runs (chapters 6 and 8) change four of the Atari defaults, beside lr and num_envs: the
+#: KL form in which those chapters derive the rules; torch's RMSprop, because TensorFlow's starts its squared-
+#: gradient average at 1 and takes a few hundred updates to reach its full step, a large part of a short CartPole
+#: run (rule proper, KL, gain 0.01, 80k frames, 8 envs, constant lr 2e-3, seed 0: last-100 mean 113 with
+#: TensorFlow's, 361 with torch's, measured 2026-12-01); a 0.01 policy-head gain (a nearly uniform first policy);
+#: the learning rate decaying to 0 at the run's own end.
+CARTPOLE = {"env": "CartPole-v1", "penalty": "kl", "optimizer": "rmsprop_torch", "policy_init_scale": 0.01,
+            "schedule_frames": 0}
 
 
 @dataclass
@@ -62,19 +72,24 @@ class Config:
     env: str = "PongNoFrameskip-v4"  # an Atari game (any ale-py ROM) or a classic-control id, e.g. CartPole-v1
     rule: str = "proper"  # naive (eq 79) | proper (eq 80) | soft_q (Section 6.3)
     seed: int = 0
-    frames: int = 10_000_000  # emulator frames (4 per agent step on Atari; the paper trains 320M)
+    frames: int = 10_000_000  # emulator frames where the run stops (4 per agent step on Atari; the paper: 320M)
     # the algorithm (the paper's A2C)
+    penalty: str = "entropy"  # entropy: r + tau H (Figure 1's EntRL, Section 6.3) | kl: r - tau KL[pi || uniform]
     num_envs: int = 16
     num_steps: int = 5  # rollout length T
+    optimizer: str = "rmsprop_tf"  # rmsprop_tf: TensorFlow's (baselines'), softq.rl.optim | rmsprop_torch
     lr: float = 7e-4
-    lr_schedule: str = "linear"  # linear: decays to 0 at `frames` (baselines' a2c default) | constant
+    lr_schedule: str = "linear"  # linear: to 0 at `schedule_frames` (baselines' a2c.learn) | constant (run_atari)
+    schedule_frames: int = 320_000_000  # the schedule's horizon in frames (the paper's budget); 0: = `frames`
     rms_alpha: float = 0.99
-    rms_eps: float = 1e-5  # torch adds eps outside the square root (TensorFlow's RMSProp: inside)
+    rms_eps: float = 1e-5  # TensorFlow's RMSProp adds eps inside the square root; torch's outside
     gamma: float = 0.99
-    tau: float = 0.01  # KL coefficient, uniform pi_bar
+    tau: float = 0.01  # temperature: the coefficient of the penalty
     value_coef: float = 0.5  # c in eq (86)
     max_grad_norm: float = 0.5
+    policy_init_scale: float = 1.0  # orthogonal gain of the policy head (baselines 2017: 1.0; 2018 on: 0.01)
     hidden: int = 64  # MLP width (classic control only)
+    precision: str = "fp32"  # fp32 | bf16: the network's forward and backward under bf16 autocast (losses fp32)
     # where and how
     device: str = "auto"  # auto (CUDA if present) | cpu | cuda | cuda:1
     env_backend: str = "ale"  # ale (ale-py's C++ vector env) | gymnasium (AsyncVectorEnv + wrappers; Atari only)
@@ -95,7 +110,7 @@ class Config:
             raise bad("rule", f"must be one of {RULES}")
         if self.env not in CLASSIC_ENVS:
             is_atari(self.env)  # ValueError naming an unknown game
-        for name in ("seed", "env_threads", "torch_threads", "checkpoint_every"):
+        for name in ("seed", "env_threads", "torch_threads", "checkpoint_every", "schedule_frames"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise bad(name, "must be an int >= 0")
@@ -103,7 +118,7 @@ class Config:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise bad(name, "must be an int >= 1")
-        for name in ("lr", "rms_eps", "tau", "max_grad_norm"):
+        for name in ("lr", "rms_eps", "tau", "max_grad_norm", "policy_init_scale"):
             v = getattr(self, name)
             if not (isinstance(v, int | float) and math.isfinite(v) and v > 0):
                 raise bad(name, "must be a finite number > 0")
@@ -117,6 +132,12 @@ class Config:
                 raise bad(name, "must lie in [0, 1]")
         if self.lr_schedule not in ("linear", "constant"):
             raise bad("lr_schedule", "must be 'linear' or 'constant'")
+        if self.penalty not in regularized.PENALTIES:
+            raise bad("penalty", f"must be one of {regularized.PENALTIES}")
+        if self.optimizer not in OPTIMIZERS:
+            raise bad("optimizer", f"must be one of {OPTIMIZERS}")
+        if self.precision not in PRECISIONS:
+            raise bad("precision", f"must be one of {PRECISIONS}")
         if self.env_backend not in ("ale", "gymnasium"):
             raise bad("env_backend", "must be 'ale' or 'gymnasium'")
         if self.env_backend == "gymnasium" and self.env in CLASSIC_ENVS:
@@ -127,6 +148,11 @@ class Config:
     @property
     def steps_per_update(self) -> int:
         return self.num_envs * self.num_steps
+
+    @property
+    def horizon_frames(self) -> int:
+        """Frames over which the learning rate decays to 0 (``schedule_frames``, or ``frames`` when that is 0)."""
+        return self.schedule_frames or self.frames
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -140,13 +166,16 @@ class Config:
         return cls(**d)
 
 
-def auto_torch_threads(env: str, device: torch.device) -> int:
+def auto_torch_threads(env: str, device: torch.device, cores: int | None = None) -> int:
     """Torch's CPU threads when ``torch_threads = 0``: 1 with CUDA (the cores belong to the emulators) and for
-    classic control (a 64-unit MLP gains nothing); half the cores for an Atari CNN on CPU. Measured on a 2-core
-    machine shared with other jobs: 2 torch threads + ALE threads ran 5-10x slower than 1 (OpenMP waits)."""
+    classic control (a 64-unit MLP gains nothing); half the ``cores`` (default: this process's) for an Atari CNN
+    on CPU. Measured on a 2-core machine shared with other jobs: 2 torch threads + ALE threads ran 5-10x slower
+    than 1 (OpenMP waits)."""
     if device.type != "cpu" or env in CLASSIC_ENVS:
         return 1
-    return max(1, (os.cpu_count() or 2) // 2)
+    if cores is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 2
+    return max(1, cores // 2)
 
 
 def restore_generator(gen: torch.Generator | None, state: torch.Tensor | None, device_type: str | None) -> bool:
@@ -201,41 +230,46 @@ def a2c_loss(
     gamma: float,
     tau: float,
     value_coef: float,
+    penalty: str = "kl",
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The loss one A2C update minimizes, for ``rule`` in :data:`RULES`, and detached diagnostics.
 
-    Shapes: ``log_pi: [T+1, B, A]`` and ``v: [T+1, B]`` from the network on ``obs[0..T]`` (row ``T``: ``s_T``);
-    ``actions: [T, B]`` long; ``rewards: [T, B]``; ``terminal, reset: [T, B]`` bool. Uniform ``pi_bar``.
+    Shapes: ``log_pi: [T+1, B, A]`` and ``v: [T+1, B]`` from the network on ``obs[0..T]`` (row ``T``: ``s_T``; only
+    its value is read, held fixed); ``actions: [T, B]`` long; ``rewards: [T, B]``; ``terminal, reset: [T, B]`` bool.
+    Uniform ``pi_bar``. ``penalty`` (:data:`softq.regularized.PENALTIES`): the per-step penalty ``k_t`` of the
+    regularized return, ``"kl"`` (``KL[pi || uniform](s_t)``, eqs 79, 80) or ``"entropy"`` (``-H[pi](s_t)``: the
+    entropy bonus of Figure 1's EntRL and Section 6.3's ``Q = V + tau log pi``); :func:`softq.regularized.penalty`.
 
-    - naive / proper (eqs 79, 80, 84-86): ``G = n_step_soft_return(r, KL or None, V(s_T))``, advantage
-      ``G - V(s_t)``, loss ``policy_gradient_loss(log pi(a_t|s_t), G - V, KL_t, tau) + c value_loss(V, G)``.
+    - naive / proper (eqs 79, 80, 84-86): ``G = n_step_soft_return(r, k or None, V(s_T))``, advantage
+      ``G - V(s_t)``, loss ``policy_gradient_loss(log pi(a_t|s_t), G - V, k_t, tau) + c value_loss(V, G)``. The
+      gradient of ``k_t`` is the same in both forms; for ``naive`` the two forms give the same update.
     - soft_q (Section 6.3, eqs 44, 46): ``Q = q_from_value_and_policy(V', log pi', tau)`` where ``V'`` and
       ``log pi'`` are ``V`` and ``log pi`` with their *gradients* rescaled by ``scale_grad``: the value stream by
       ``c`` and the advantage stream ``tau log pi`` by ``1 / tau``. By the equivalence theorem (eqs 58-65), in
       expectation ``grad soft_q_loss = tau * grad L_policy + grad L_value`` (eq 86 with c = 1/tau, up to the factor
       tau); the rescaling gives ``grad L_policy + c grad L_value``, i.e. A2C's hyperparameters. The paper prints
       the advantage-stream factor as "1/gamma": an erratum for 1/tau (the book's errata list).
-      Target ``y_t = tau KL_t + n_step_soft_return(r, KL, V_Q(s_T))`` with ``V_Q = soft_value(Q)`` (equal to ``V``
-      for this parametrization), held fixed; loss ``soft_q_loss(Q(s_t, a_t), y_t)``.
+      Target ``y_t = tau k_t + n_step_soft_return(r, k, V_Q(s_T))`` with ``V_Q`` the soft value of ``Q`` (equal
+      to ``V`` for this parametrization), held fixed; loss ``soft_q_loss(Q(s_t, a_t), y_t)``.
 
     Every loss is averaged over the real transitions (``~reset``).
     """
     horizon = actions.shape[0]
     weight = (~reset).to(v.dtype)
-    pi = log_pi.exp()
-    kls = regularized.kl(pi[:horizon])  # [T, B]: KL[pi || uniform](s_t), carries the gradient
+    ks = regularized.penalty(log_pi[:horizon], penalty)  # [T, B]: k(s_t), carries the gradient
     log_prob = log_pi[:horizon].gather(-1, actions[..., None])[..., 0]
+    entropy = regularized.entropy(log_pi=log_pi[:horizon].detach())
     stats: dict[str, torch.Tensor] = {
-        "entropy": masked_mean(regularized.entropy(pi[:horizon].detach()), weight),
-        "kl": masked_mean(kls.detach(), weight),
+        "entropy": masked_mean(entropy, weight),
+        "kl": masked_mean(math.log(log_pi.shape[-1]) - entropy, weight),  # KL[pi || uniform] = log|A| - H
     }
     if rule in ("naive", "proper"):
         state_values = v.detach()
-        r, kl_fixed, dones = reset_placeholders(rewards, kls.detach(), terminal, reset, state_values)
+        r, k_fixed, dones = reset_placeholders(rewards, ks.detach(), terminal, reset, state_values)
         returns = regularized.n_step_soft_return(
-            r, kl_fixed if rule == "proper" else None, state_values[horizon], dones, gamma, tau
+            r, k_fixed if rule == "proper" else None, state_values[horizon], dones, gamma, tau
         )
-        policy = masked_mean(losses.policy_gradient_loss(log_prob, returns - state_values[:horizon], kls, tau), weight)
+        policy = masked_mean(losses.policy_gradient_loss(log_prob, returns - state_values[:horizon], ks, tau), weight)
         value = masked_mean(losses.value_loss(v[:horizon], returns), weight)
         loss = policy + value_coef * value
         stats.update(policy_loss=policy.detach(), value_loss=value.detach(),
@@ -243,7 +277,8 @@ def a2c_loss(
     elif rule == "soft_q":
         # Section 6.3 scaling; the paper's "1/gamma" for the advantage stream is an erratum for 1/tau.
         loss = dueling_soft_q_loss(log_pi, v, actions, rewards, terminal, reset, gamma, tau,
-                                   value_scale=value_coef, advantage_scale=1.0 / tau, kls=kls.detach())
+                                   value_scale=value_coef, advantage_scale=1.0 / tau, kls=ks.detach(),
+                                   penalty=penalty)
         nan = torch.full((), float("nan"), device=loss.device)
         stats.update(policy_loss=nan, value_loss=nan, q_loss=loss.detach())
     else:
@@ -264,6 +299,7 @@ def dueling_soft_q_loss(
     value_scale: float = 1.0,
     advantage_scale: float = 1.0,
     kls: torch.Tensor | None = None,
+    penalty: str = "kl",
 ) -> torch.Tensor:
     """Soft Q-learning (eqs 44, 46) of the dueling ``Q = V' + tau log pi'`` (Section 6.3), gradients rescaled.
 
@@ -271,18 +307,25 @@ def dueling_soft_q_loss(
     ``advantage_scale`` (:func:`softq.losses.scale_grad`; the forward pass is unchanged). ``(1, 1)`` is plain soft
     Q-learning, whose expected gradient is ``tau`` times A2C's with value coefficient ``c = 1/tau`` (chapter 4);
     :func:`a2c_loss` rule ``soft_q`` is ``(value_coef, 1/tau)``, A2C's expected gradient with coefficient ``c``
-    (chapter 8). Target ``y_t = tau KL_t + n_step_soft_return(r, KL, V_Q(s_T))``, held fixed; mean over the real
-    transitions (``~reset``). Shapes as in :func:`a2c_loss`; ``kls: [T, B]``, the KL of ``pi`` at ``s_0..s_{T-1}``
-    (computed from ``log_pi`` when not given), is held fixed. Returns the scalar loss.
+    (chapter 8). ``penalty="kl"``: ``Q = V + tau log(pi / uniform)`` with the soft value ``V_Q`` against a uniform
+    ``pi_bar`` (DQN's ``soft_kl`` backup); ``"entropy"``: ``Q = V + tau log pi``, as Section 6.3 writes it, with
+    ``V_Q = tau log sum_a exp(Q/tau)`` (``soft_ent``); in both, ``V_Q = V``.
+    Target ``y_t = tau k_t + n_step_soft_return(r, k, V_Q(s_T))``, held fixed; mean over the real
+    transitions (``~reset``). Shapes as in :func:`a2c_loss`; ``kls: [T, B]``, the penalty ``k`` of ``pi`` at
+    ``s_0..s_{T-1}`` (:func:`softq.regularized.penalty`; computed from ``log_pi`` when not given), is held fixed.
+    Returns the scalar loss.
     """
     horizon = actions.shape[0]
     weight = (~reset).to(v.dtype)
     if kls is None:
-        kls = regularized.kl(log_pi[:horizon].exp())
+        kls = regularized.penalty(log_pi[:horizon], penalty)
     q = regularized.q_from_value_and_policy(
         losses.scale_grad(v, value_scale), losses.scale_grad(log_pi, advantage_scale), tau
-    )  # [T+1, B, A]
-    state_values = regularized.soft_value(q.detach(), tau)  # V_Q(s) = V(s) here
+    )  # [T+1, B, A]: V + tau log(pi / uniform)
+    backup = {"kl": "soft_kl", "entropy": "soft_ent"}[penalty]
+    if penalty == "entropy":
+        q = q - tau * math.log(log_pi.shape[-1])  # V + tau log pi
+    state_values = regularized.backup_value(q.detach(), tau, backup)  # V_Q(s) = V(s) here
     r, kl_fixed, dones = reset_placeholders(rewards, kls.detach(), terminal, reset, state_values)
     target = tau * kl_fixed + regularized.n_step_soft_return(r, kl_fixed, state_values[horizon], dones, gamma, tau)
     q_taken = q[:horizon].gather(-1, actions[..., None])[..., 0]
@@ -297,6 +340,12 @@ class A2C:
 
     :meth:`state_dict` / :meth:`load_state_dict` capture everything a CPU run needs to continue bit for bit
     (the environments too, when they are restorable: classic control).
+
+    The rollout's forward passes are the update's: the weights do not change during a rollout, so
+    :meth:`collect` keeps the autograd graphs of ``log pi(.|s_t)`` and ``V(s_t)`` for ``t < T`` and :meth:`update`
+    back-propagates through them (``s_T`` is evaluated once, without a graph: only its value is used, held fixed).
+    The Nature CNN runs in ``channels_last`` memory format, and with ``precision="bf16"`` under bf16 autocast
+    (the losses, the returns and the optimizer stay float32).
     """
 
     def __init__(self, cfg: Config, env: VecEnv | None = None):
@@ -305,8 +354,12 @@ class A2C:
         torch.set_num_threads(cfg.torch_threads or auto_torch_threads(cfg.env, self.device))
         self.env = env or make_env(cfg.env, cfg.num_envs, threads=cfg.env_threads, backend=cfg.env_backend)
         torch.manual_seed(cfg.seed)  # the initial weights; numpy's global RNG is not used (the envs own theirs)
-        self.net = make_net(self.env.obs_shape, self.env.n_actions, cfg.hidden).to(self.device)
-        self.opt = torch.optim.RMSprop(self.net.parameters(), lr=cfg.lr, alpha=cfg.rms_alpha, eps=cfg.rms_eps)
+        self.net = make_net(self.env.obs_shape, self.env.n_actions, cfg.hidden,
+                            policy_init_scale=cfg.policy_init_scale).to(self.device)
+        if self.net.image:
+            self.net = self.net.to(memory_format=torch.channels_last)
+        self.opt = make_optimizer(cfg.optimizer, self.net.parameters(), lr=cfg.lr, alpha=cfg.rms_alpha,
+                                  eps=cfg.rms_eps)
         self.gen = torch.Generator(device=self.device).manual_seed(cfg.seed)
         self.frames_per_update = cfg.steps_per_update * self.env.frames_per_step
         self.total_updates = -(-cfg.frames // self.frames_per_update)
@@ -326,18 +379,28 @@ class A2C:
         self.buf_rewards = torch.zeros((t, b), dtype=torch.float32, pin_memory=pin)
         self.buf_terminal = torch.zeros((t, b), dtype=torch.bool, pin_memory=pin)
         self.buf_reset = torch.zeros((t, b), dtype=torch.bool, pin_memory=pin)
+        self._rollout: list[tuple[torch.Tensor, torch.Tensor]] = []  # the rollout's (log_pi, v), with graphs
 
     @property
     def frames(self) -> int:
         return self.updates * self.frames_per_update
 
+    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(log_pi [N, A], v [N])`` of the network on ``obs [N, ...]``, float32, at the run's ``precision``."""
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.precision == "bf16"):
+            log_pi, v = self.net(obs)
+        return log_pi.float(), v.float()
+
     def collect(self) -> None:
-        """One rollout of ``num_steps`` steps into the buffers, acting with ``pi`` (the behaviour policy)."""
+        """One rollout of ``num_steps`` steps into the buffers, acting with ``pi`` (the behaviour policy).
+
+        Keeps each step's ``(log_pi, v)`` with its autograd graph for :meth:`update`."""
+        self._rollout = []
         for t in range(self.cfg.num_steps):
             self._upload_obs(t)
-            with torch.no_grad():
-                log_pi, _ = self.net(self.buf_obs[t])
-            actions = torch.multinomial(log_pi.exp(), 1, generator=self.gen)[:, 0]
+            log_pi, v = self.forward(self.buf_obs[t])
+            self._rollout.append((log_pi, v))
+            actions = torch.multinomial(log_pi.detach().exp(), 1, generator=self.gen)[:, 0]
             self.buf_actions[t] = actions
             out = self.env.step(actions.cpu().numpy())
             self.buf_rewards[t] = torch.from_numpy(out.reward)
@@ -353,26 +416,40 @@ class A2C:
         self._obs_host.numpy()[...] = self.obs
         self.buf_obs[row].copy_(self._obs_host, non_blocking=True)
 
-    def update(self) -> dict[str, float]:
-        """One gradient step on the buffers; raises :class:`NonFiniteLoss` on a NaN/inf loss.
+    def lr(self) -> float:
+        """The learning rate of the next update: ``lr (1 - frames / horizon_frames)``, floored at 0 (or constant)."""
+        cfg = self.cfg
+        if cfg.lr_schedule == "constant":
+            return cfg.lr
+        return cfg.lr * max(0.0, 1.0 - self.frames / cfg.horizon_frames)
 
-        The update reads the device once, at its end (the statistics and whether the loss was finite), and
-        computes the loss inside :func:`softq.regularized.value_checks` ``(False)``: on a GPU no host read stalls
-        the stream between the forward pass, the backward pass and the optimizer step. A non-finite loss is
-        therefore detected after the step: the agent in memory is then spoiled, the run stops, and the last good
-        checkpoint on disk (written before this update) is what ``--resume`` continues from.
+    def update(self) -> dict[str, float]:
+        """One gradient step on the rollout of :meth:`collect`; raises :class:`NonFiniteLoss` on a NaN/inf loss or
+        gradient norm.
+
+        The update reads the device once, at its end (the statistics and whether the loss and the gradient norm
+        were finite), and computes the loss inside :func:`softq.regularized.value_checks` ``(False)``: on a GPU no
+        host read stalls the stream between the forward pass, the backward pass and the optimizer step. A
+        non-finite value is therefore detected after the step: the agent in memory is then spoiled, the run stops,
+        and the last good checkpoint on disk (written before this update) is what ``--resume`` continues from.
         """
         cfg = self.cfg
-        t, b = cfg.num_steps, cfg.num_envs
-        log_pi, v = self.net(self.buf_obs.reshape(-1, *self.env.obs_shape))
+        t = cfg.num_steps
+        if len(self._rollout) != t:
+            raise RuntimeError("A2C.update needs the forward passes of a fresh rollout: call collect() first")
+        with torch.no_grad():
+            last = self.forward(self.buf_obs[t])  # s_T: its value bootstraps the returns, held fixed
+        log_pi = torch.stack([lp for lp, _ in self._rollout] + [last[0]])  # [T+1, B, A]
+        v = torch.stack([v for _, v in self._rollout] + [last[1]])  # [T+1, B]
+        self._rollout = []
         dev = self.device
         with regularized.value_checks(False):
             loss, stats = a2c_loss(
-                log_pi.reshape(t + 1, b, -1), v.reshape(t + 1, b), self.buf_actions,
+                log_pi, v, self.buf_actions,
                 *(x.to(dev, non_blocking=True) for x in (self.buf_rewards, self.buf_terminal, self.buf_reset)),
-                cfg.rule, cfg.gamma, cfg.tau, cfg.value_coef,
+                cfg.rule, cfg.gamma, cfg.tau, cfg.value_coef, cfg.penalty,
             )
-        lr = cfg.lr * (1.0 - self.updates / self.total_updates) if cfg.lr_schedule == "linear" else cfg.lr
+        lr = self.lr()
         for group in self.opt.param_groups:
             group["lr"] = lr
         self.opt.zero_grad(set_to_none=True)
@@ -384,13 +461,22 @@ class A2C:
         values = torch.stack([stats[k].to(dev, torch.float32) for k in names]
                              + [grad_norm.float(), loss.detach().float()]).tolist()
         out = dict(zip(names + ["grad_norm"], values[:-1], strict=True))
-        if not math.isfinite(values[-1]):
+        if not (math.isfinite(values[-1]) and math.isfinite(out["grad_norm"])):
             raise NonFiniteLoss(
-                f"non-finite loss ({values[-1]}) at update {self.updates} (frame {self.frames - self.frames_per_update}"
-                f") of rule={cfg.rule} env={cfg.env} seed={cfg.seed}: stopped; the last good checkpoint is kept"
+                f"non-finite loss ({values[-1]}) or gradient norm ({out['grad_norm']}) at update {self.updates} "
+                f"(frame {self.frames - self.frames_per_update}) of rule={cfg.rule} env={cfg.env} seed={cfg.seed}: "
+                "stopped; the last good checkpoint is kept"
             )
         out["lr"] = lr
         return out
+
+    def assert_finite(self) -> None:
+        """Raise :class:`NonFiniteLoss` if any weight or optimizer state is NaN/inf (checked before a checkpoint)."""
+        tensors = list(self.net.parameters()) + [x for st in self.opt.state.values() for x in st.values()
+                                                 if isinstance(x, torch.Tensor) and x.is_floating_point()]
+        if tensors and not bool(torch.stack([torch.isfinite(x).all() for x in tensors]).all()):
+            raise NonFiniteLoss(f"non-finite weights or optimizer state at update {self.updates} of rule="
+                                f"{self.cfg.rule} env={self.cfg.env} seed={self.cfg.seed}: not checkpointed")
 
     def step(self) -> dict[str, float]:
         """One rollout and one update."""

@@ -27,6 +27,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -111,6 +114,76 @@ def _graph_check(game: str, device: str, threads: int) -> dict[str, Any] | str:
                   f"{r['rel_param_diff']:.2e} (relative), losses {r['max_rel_loss_diff']:.2e}, greedy actions "
                   f"{r['greedy_action_mismatch']:.1%} differ", flush=True)
     return checks
+
+
+_MEASURE = """
+import json, sys
+from softq.rl import bench
+algo, kwargs, seconds = sys.argv[1], json.loads(sys.argv[2]), float(sys.argv[3])
+if algo == "a2c":
+    from softq.rl.a2c import Config
+    print(json.dumps(bench._time_a2c(Config(**kwargs), seconds)))
+else:
+    from softq.rl.dqn import Config
+    print(json.dumps(bench._time_dqn(Config(**kwargs), seconds)))
+"""
+
+#: What :func:`side_by_side` measures: (label, tree, algo, Config fields beyond the common ones).
+SIDE_BY_SIDE = (
+    ("a2c_old", "old", "a2c", {}),
+    ("a2c_fp32", "new", "a2c", {"precision": "fp32"}),
+    ("a2c_bf16", "new", "a2c", {"precision": "bf16"}),
+    ("dqn_hard_old", "old", "dqn", {}),
+    ("dqn_hard_fp32", "new", "dqn", {}),
+)
+
+
+def side_by_side(old_root: str | Path, reps: int = 3, seconds: float = 15.0, game: str = "pong",
+                 num_envs: int = 16, dqn_num_envs: int = 8, what: tuple[str, ...] = ("a2c", "dqn"),
+                 variants=SIDE_BY_SIDE) -> dict[str, Any]:
+    """Agent steps per second of another checkout of softq (``old_root``, e.g. ``git worktree add /tmp/old
+    <commit>``) and of this one, measured alternately in fresh processes, ``reps`` times each: medians and
+    every repetition. A2C: rule ``proper``, ``num_envs`` envs; DQN: ``hard``, 1-step, ``dqn_num_envs`` envs, after
+    learning starts (as in :func:`run_bench`). This machine's speed drifts by 20% from minute to minute, so only
+    figures measured side by side in one run are compared."""
+    roots = {"old": Path(old_root).resolve(), "new": Path(__file__).resolve().parents[2]}
+    if not (roots["old"] / "softq" / "rl" / "bench.py").exists():
+        raise ValueError(f"old_root must be a checkout of softq (no softq/rl/bench.py under {old_root!r})")
+    threads = min(num_envs, os.cpu_count() or 1)
+    common = {
+        "a2c": {"env": game, "rule": "proper", "frames": 10**12, "num_envs": num_envs, "env_threads": threads,
+                "device": "cpu"},
+        "dqn": {"algo": "dqn", "env": game, "target": "hard", "num_envs": dqn_num_envs, "learning_starts": 2000,
+                "frames": 10**12, "env_threads": min(threads, dqn_num_envs), "device": "cpu"},
+    }
+    chosen = [v for v in variants if v[2] in what]
+    runs: dict[str, list[float]] = {label: [] for label, *_ in chosen}
+    for rep in range(reps):
+        for label, tree, algo, extra in chosen:
+            env = {**os.environ, "PYTHONPATH": str(roots[tree])}
+            out = subprocess.run([sys.executable, "-c", _MEASURE, algo, json.dumps({**common[algo], **extra}),
+                                  str(seconds)], env=env, cwd=roots[tree], capture_output=True, text=True)
+            if out.returncode != 0:
+                raise RuntimeError(f"side_by_side {label} ({roots[tree]}) failed:\n{out.stderr[-2000:]}")
+            runs[label].append(json.loads(out.stdout.strip().splitlines()[-1]))
+            print(f"rep {rep + 1}/{reps} {label:16s} {runs[label][-1]:8.1f} steps/s", flush=True)
+    old_commit = subprocess.run(["git", "-C", str(roots["old"]), "rev-parse", "--short", "HEAD"],
+                                capture_output=True, text=True).stdout.strip()
+    return {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "old": str(old_commit or roots["old"]), "reps": reps,
+            "seconds_each": seconds, "game": game, "a2c_num_envs": num_envs, "dqn_num_envs": dqn_num_envs,
+            "median_steps_per_second": {k: statistics.median(v) for k, v in runs.items()}, "runs": runs}
+
+
+def save_side_by_side(record: dict[str, Any], out_dir: str | Path = "results/bench", tag: str | None = None) -> Path:
+    """Add a :func:`side_by_side` record to the machine's bench file (``side_by_side``, newest last)."""
+    m = machine()
+    out = Path(out_dir) / f"{tag or machine_tag(m)}.json"
+    data = json.loads(out.read_text()) if out.exists() else {"machine": m, "versions": versions()}
+    data.setdefault("side_by_side", []).append({**record, "machine": m, "versions": versions()})
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(data, indent=2) + "\n")
+    print(f"saved {out}")
+    return out
 
 
 def machine_tag(m: dict[str, Any]) -> str:

@@ -97,23 +97,24 @@ class Batch:
         return self.columns(~(self.terminal | self.reset).any(0))
 
 
-def rule_loss(rule: str, gamma: float, tau: float, value_coef: float) -> LossFn:
-    """The loss of :func:`a2c_loss` for ``rule`` (naive, proper, soft_q) as a :data:`LossFn`."""
+def rule_loss(rule: str, gamma: float, tau: float, value_coef: float, penalty: str = "kl") -> LossFn:
+    """The loss of :func:`a2c_loss` for ``rule`` (naive, proper, soft_q) and ``penalty`` as a :data:`LossFn`."""
     if rule not in RULES:
         raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
 
     def loss(log_pi, v, actions, rewards, terminal, reset):
-        return a2c_loss(log_pi, v, actions, rewards, terminal, reset, rule, gamma, tau, value_coef)[0]
+        return a2c_loss(log_pi, v, actions, rewards, terminal, reset, rule, gamma, tau, value_coef, penalty)[0]
 
     return loss
 
 
-def scaled_soft_q_loss(gamma: float, tau: float, value_scale: float, advantage_scale: float) -> LossFn:
+def scaled_soft_q_loss(gamma: float, tau: float, value_scale: float, advantage_scale: float,
+                       penalty: str = "kl") -> LossFn:
     """:func:`dueling_soft_q_loss` with gradient scales ``(value_scale, advantage_scale)`` as a :data:`LossFn`."""
 
     def loss(log_pi, v, actions, rewards, terminal, reset):
         return dueling_soft_q_loss(log_pi, v, actions, rewards, terminal, reset, gamma, tau,
-                                   value_scale=value_scale, advantage_scale=advantage_scale)
+                                   value_scale=value_scale, advantage_scale=advantage_scale, penalty=penalty)
 
     return loss
 
@@ -238,8 +239,8 @@ def cosine(x: torch.Tensor, y: torch.Tensor) -> float:
 
 
 def compare_rules(net: torch.nn.Module, batch: Batch, gamma: float, tau: float, value_coef: float,
-                  rules: tuple[str, str] = ("proper", "soft_q")) -> dict[str, Any]:
-    """Two rules' gradients on the same batch, sampled and expected (over each ``a_t ~ pi``).
+                  rules: tuple[str, str] = ("proper", "soft_q"), penalty: str = "kl") -> dict[str, Any]:
+    """Two rules' gradients on the same batch, sampled and expected (over each ``a_t ~ pi``), with ``penalty``.
 
     Returns the parameter gradients ``grad[rule]``, ``expected[rule]`` (``[P]``), the head gradients ``heads[rule]``
     and ``expected_heads[rule]`` (float64 pairs), and the numbers ``cosine``, ``norm_ratio`` (|second| / |first|)
@@ -250,7 +251,7 @@ def compare_rules(net: torch.nn.Module, batch: Batch, gamma: float, tau: float, 
         log_pi, v = network_outputs(net, batch.obs)
         out: dict[str, Any] = {"grad": {}, "expected": {}, "heads": {}, "expected_heads": {}}
         for rule in rules:
-            loss = rule_loss(rule, gamma, tau, value_coef)
+            loss = rule_loss(rule, gamma, tau, value_coef, penalty)
             for key, heads_key, expected in (("grad", "heads", False), ("expected", "expected_heads", True)):
                 heads = head_gradients(log_pi, v, batch, loss, expected=expected)
                 out[heads_key][rule] = heads
@@ -287,8 +288,8 @@ class AgreementRun:
 
 def track_agreement(cfg: Config, every: int = 10, out: str | Path | None = None) -> AgreementRun:
     """Train ``cfg`` exactly as :func:`softq.rl.runs.train` does (rollout, update, repeated), and before every
-    ``every``-th update compare rules ``proper`` and ``soft_q`` (:func:`compare_rules`, at ``cfg``'s gamma, tau
-    and value coefficient) on the batch that update is about to use. The measurement draws no random numbers and
+    ``every``-th update compare rules ``proper`` and ``soft_q`` (:func:`compare_rules`, at ``cfg``'s gamma, tau,
+    value coefficient and penalty) on the batch that update is about to use. The measurement draws no random numbers and
     leaves ``.grad`` alone, so the run's weights are those of an unmeasured run. With ``out``, writes
     ``out/agreement.csv`` (:data:`AGREEMENT_COLUMNS`) and ``out/agreement.json`` (the config and ``every``)."""
     if isinstance(every, bool) or not isinstance(every, int) or every < 1:
@@ -299,7 +300,8 @@ def track_agreement(cfg: Config, every: int = 10, out: str | Path | None = None)
         while agent.updates < agent.total_updates:
             agent.collect()
             if agent.updates % every == 0:
-                r = compare_rules(agent.net, Batch.from_agent(agent), cfg.gamma, cfg.tau, cfg.value_coef)
+                r = compare_rules(agent.net, Batch.from_agent(agent), cfg.gamma, cfg.tau, cfg.value_coef,
+                                  penalty=cfg.penalty)
                 rows.append({"frames": agent.frames, "updates": agent.updates, "cosine": r["cosine"],
                              "norm_ratio": r["norm_ratio"], "expected_cosine": r["expected_cosine"],
                              "expected_rel_residual": r["expected_rel_residual"],

@@ -6,8 +6,8 @@ policy logits and the value ``V(s)``. Section 6.3 reads the same two heads as a 
 ``Q(s, a) = V(s) + tau log pi(a|s)`` (:func:`softq.regularized.q_from_value_and_policy`), so all three update
 rules train the very same network. Classic control uses an MLP trunk (two tanh layers of ``hidden`` units).
 
-Initialization follows OpenAI baselines (orthogonal: gain sqrt(2) in the trunk, 0.01 for the policy, 1 for the
-value; zero biases), so that the initial policy is nearly uniform.
+Initialization follows OpenAI baselines (orthogonal: gain sqrt(2) in the trunk, 1 for the value, zero biases;
+the policy head's gain is ``policy_init_scale``: 1.0 in baselines' 2017 A2C, the paper's, 0.01 from 2018 on).
 
 DQN (Section 6.2) uses the same trunks under one linear head of action values, :class:`QNetwork` (the Nature DQN
 network: the CNN trunk and a 512 -> A layer).
@@ -56,28 +56,33 @@ class ActorCritic(nn.Module):
     Images (uint8) are divided by 255 inside the network, so rollouts store bytes.
     """
 
-    def __init__(self, trunk: nn.Module, features: int, n_actions: int, image: bool):
+    def __init__(self, trunk: nn.Module, features: int, n_actions: int, image: bool,
+                 policy_init_scale: float = 1.0):
         super().__init__()
         self.trunk = trunk
         self.image = image
-        self.policy = _init(nn.Linear(features, n_actions), 0.01)
+        self.policy = _init(nn.Linear(features, n_actions), policy_init_scale)
         self.value = _init(nn.Linear(features, 1), 1.0)
 
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = obs.float() / 255.0 if self.image else obs.float()
+        # a copy in both cases: A2C rewrites its rollout buffer before back-propagating through this forward pass
+        x = obs.float() / 255.0 if self.image else obs.to(torch.float32, copy=True)
         h = self.trunk(x)
         return torch.log_softmax(self.policy(h), dim=-1), self.value(h)[..., 0]
 
 
-def make_net(obs_shape: tuple[int, ...], n_actions: int, hidden: int = 64) -> ActorCritic:
+def make_net(obs_shape: tuple[int, ...], n_actions: int, hidden: int = 64,
+             policy_init_scale: float = 1.0) -> ActorCritic:
     """The Nature CNN actor-critic for image stacks ``[C, 84, 84]``, the MLP one for flat ``[d]`` observations.
 
-    Always float32 (what ``forward`` feeds it), whatever ``torch.get_default_dtype()`` a caller has set.
+    ``policy_init_scale``: the orthogonal gain of the policy head (1.0: baselines' 2017 A2C ``CnnPolicy``; its
+    later versions use 0.01, a nearly uniform initial policy). Always float32 (what ``forward`` feeds it), whatever
+    ``torch.get_default_dtype()`` a caller has set.
     """
     if len(obs_shape) == 3:
-        return ActorCritic(nature_cnn(obs_shape[0]), 512, n_actions, image=True).float()
+        return ActorCritic(nature_cnn(obs_shape[0]), 512, n_actions, True, policy_init_scale).float()
     if len(obs_shape) == 1:
-        return ActorCritic(mlp_trunk(obs_shape[0], hidden), hidden, n_actions, image=False).float()
+        return ActorCritic(mlp_trunk(obs_shape[0], hidden), hidden, n_actions, False, policy_init_scale).float()
     raise ValueError(f"obs_shape must be [C, H, W] (images) or [d] (vectors), got {obs_shape}")
 
 

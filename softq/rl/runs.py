@@ -34,6 +34,7 @@ A NaN or infinite loss stops the run with a message naming the update; ``checkpo
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -48,10 +49,11 @@ from typing import Any
 
 import torch
 
-from softq.rl.a2c import A2C, Config, NonFiniteLoss
+from softq import config as softq_config
+from softq.rl.a2c import A2C, Config, NonFiniteLoss, auto_torch_threads
 
 __all__ = ["COLUMNS", "RUN_CONTROL", "run_dir", "versions", "machine", "config_class", "make_agent", "train",
-           "launch"]
+           "launch", "core_slots", "split_threads"]
 
 COLUMNS = ("frames", "updates", "episodes", "score_mean100", "score_count", "loss", "policy_loss", "value_loss",
            "q_loss", "entropy", "kl", "grad_norm", "lr", "sps", "wall_s")
@@ -125,6 +127,10 @@ def _write_json(path: Path, obj: Any) -> None:
 
 def _status(out: Path, status: str, **extra: Any) -> None:
     _write_json(out / "status.json", {"status": status, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), **extra})
+
+
+def _json_float(x: float) -> float | None:
+    return None if isinstance(x, float) and not math.isfinite(x) else x
 
 
 def _fmt(x: float) -> str:
@@ -205,6 +211,7 @@ def train(cfg, out: str | Path, *, resume: bool = False, progress: bool = True) 
 
     def save_checkpoint(log_file) -> None:
         log_file.flush()
+        agent.assert_finite()  # NonFiniteLoss: a spoiled state never replaces the last good checkpoint
         payload = {"config": cfg.as_dict(), "agent": agent.state_dict(), "log_bytes": log_file.tell(),
                    "wall_s": wall0 + time.perf_counter() - t_start}
         _atomic_write_bytes(ckpt_path, lambda f: torch.save(payload, f))
@@ -237,12 +244,23 @@ def train(cfg, out: str | Path, *, resume: bool = False, progress: bool = True) 
                            "score_mean100": agent.score_mean(), "score_count": len(agent.scores), "sps": sps,
                            "wall_s": wall0 + now - t_start}
                     writer.writerow([_fmt(row[c]) for c in columns])
+                    log_file.flush()  # a long run can be watched: every row is on disk when it is written
                     bar.set_postfix(score=f"{agent.score_mean():.1f}", sps=f"{sps:.0f}")
+                    left = (agent.total_updates - agent.updates) * cfg.steps_per_update / max(sps, 1e-9)
+                    _status(out, "running", update=agent.updates, frames=agent.frames,
+                            total_frames=agent.total_updates * agent.frames_per_update,
+                            score_mean100=_json_float(agent.score_mean()), score_count=len(agent.scores),
+                            steps_per_s=round(sps, 1), frames_per_s=round(sps * agent.env.frames_per_step, 1),
+                            wall_s=round(row["wall_s"], 1), eta_s=round(left, 1))
                 timed_out = cfg.time_limit_minutes > 0 and now - t_start >= 60 * cfg.time_limit_minutes
                 due = ((cfg.checkpoint_every and agent.updates % cfg.checkpoint_every == 0)
                        or (cfg.checkpoint_minutes > 0 and now - last_ckpt >= 60 * cfg.checkpoint_minutes))
                 if due or last or timed_out or stop.requested:
-                    save_checkpoint(log_file)
+                    try:
+                        save_checkpoint(log_file)
+                    except NonFiniteLoss as e:
+                        _status(out, "failed", error=str(e))
+                        raise
                     last_ckpt = time.perf_counter()
                 if (timed_out or stop.requested) and not last:
                     status = "paused"
@@ -250,9 +268,12 @@ def train(cfg, out: str | Path, *, resume: bool = False, progress: bool = True) 
     finally:
         bar.close()
         agent.env.close()
+    wall = wall0 + time.perf_counter() - t_start
     result = {"status": status, "update": agent.updates, "frames": agent.frames, "episodes": agent.episodes,
               "score_mean100": agent.score_mean()}
-    _status(out, status, **{k: v for k, v in result.items() if k != "status"})
+    _status(out, status, **{k: v for k, v in result.items() if k != "status"},
+            score_count=len(agent.scores), wall_s=round(wall, 1),
+            frames_per_s=round(agent.frames / wall, 1) if wall > 0 else None)
     return result
 
 
@@ -275,19 +296,50 @@ def launch(cfgs: list[tuple[Any, Path]], *, resume: bool, parallel: int = 1, pro
                 print(f"[{out}] FAILED: {e}", file=sys.stderr)
                 failed += 1
         return failed
+    slots = core_slots(parallel)
     pending, running = list(cfgs), []
     while pending or running:
         while pending and len(running) < parallel:
             cfg, out = pending.pop(0)
+            free = [k for k in range(parallel) if k not in {slot for _, _, slot in running}][0]
+            cores = slots[free]
+            cfg = split_threads(cfg, len(cores))
             cmd = [sys.executable, "-m", "softq.rl", "train", *_cli_args(cfg), "--out", str(out), "--no-progress"]
             if resume:
                 cmd.append("--resume")
-            print(f"[{out}] started", file=sys.stderr)
-            running.append((subprocess.Popen(cmd), out))
+            print(f"[{out}] started on cores {cores}", file=sys.stderr)
+            pin = (lambda c=cores: os.sched_setaffinity(0, c)) if hasattr(os, "sched_setaffinity") else None
+            running.append((subprocess.Popen(cmd, preexec_fn=pin), out, free))
         time.sleep(0.5)
-        for proc, out in list(running):
+        for proc, out, slot in list(running):
             if proc.poll() is not None:
-                running.remove((proc, out))
+                running.remove((proc, out, slot))
                 failed += proc.returncode != 0
                 print(f"[{out}] finished with exit code {proc.returncode}", file=sys.stderr)
     return failed
+
+
+def core_slots(parallel: int) -> list[list[int]]:
+    """The cores of each of ``parallel`` concurrent runs: this process's cores split into disjoint groups.
+
+    With fewer cores than runs, groups share cores round-robin (one core each)."""
+    if isinstance(parallel, bool) or not isinstance(parallel, int) or parallel < 1:
+        raise ValueError(f"parallel must be an int >= 1, got {parallel!r}")
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+    if len(cores) < parallel:
+        return [[cores[k % len(cores)]] for k in range(parallel)]
+    per = len(cores) // parallel
+    return [cores[k * per:(k + 1) * per] for k in range(parallel)]
+
+
+def split_threads(cfg, cores: int):
+    """``cfg`` with its automatic thread counts (0) set for a run that has ``cores`` cores of its own: every core
+    for the emulators, and the torch threads :func:`softq.rl.a2c.auto_torch_threads` would pick on such a machine
+    (so ``--parallel k`` does not start k times the machine's threads). Explicit counts are kept."""
+    changes = {}
+    if cfg.env_threads == 0:
+        changes["env_threads"] = min(cores, cfg.num_envs)
+    if cfg.torch_threads == 0:
+        changes["torch_threads"] = auto_torch_threads(cfg.env, softq_config.device(
+            None if cfg.device == "auto" else cfg.device), cores=cores)
+    return dataclasses.replace(cfg, **changes) if changes else cfg
