@@ -14,7 +14,8 @@ import torch
 
 import softq.rl.a2c
 from softq.rl.__main__ import main
-from softq.rl.a2c import CARTPOLE, Config, NonFiniteLoss
+from softq.rl.a2c import CARTPOLE as CARTPOLE_A2C
+from softq.rl.a2c import Config, NonFiniteLoss
 from softq.rl.runs import COLUMNS, train
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -118,7 +119,7 @@ def test_bad_command_lines_are_rejected(argv, tmp_path, capsys):
 def test_cartpole_learns(rule, tmp_path):
     """A short CartPole run clearly learns (random play scores ~22): tuned for CartPole, not the Atari defaults
     (softq.rl.a2c.CARTPOLE says why)."""
-    cfg = Config(**CARTPOLE, rule=rule, frames=80_000, num_envs=8, lr=2e-3, lr_schedule="constant", log_every=100)
+    cfg = Config(**CARTPOLE_A2C, rule=rule, frames=80_000, num_envs=8, lr=2e-3, lr_schedule="constant", log_every=100)
     t0 = time.time()
     result = train(cfg, tmp_path, progress=False)
     print(f"{rule}: mean score of the last 100 games {result['score_mean100']:.1f} in {time.time() - t0:.1f}s")

@@ -498,7 +498,8 @@ class A2C:
 
     def load_state_dict(self, state: dict[str, Any]) -> bool:
         """Restore :meth:`state_dict`. Returns whether the environments were restored too; when they were not
-        (Atari) the games in progress are lost and the environments start fresh games, seeded by the update count."""
+        (Atari) the games in progress are lost and the environments start fresh games, on the seeds of the next start
+        (:func:`softq.rl.envs.env_seeds`)."""
         self.net.load_state_dict(state["net"])
         self.opt.load_state_dict(state["opt"])
         self.info["action_rng_restored"] = restore_generator(self.gen, state["gen"], state.get("gen_device", "cpu"))
@@ -508,5 +509,6 @@ class A2C:
         if self.env.load_state_dict(state["env"]):
             self.obs = state["obs"]
             return True
-        self.obs = self.env.reset(seed=(self.cfg.seed + 1_000_003 * self.updates) % (2**31 - 2**16))
+        # fresh games on seeds no earlier start of this run (nor any other run) used: softq.rl.envs.env_seeds
+        self.obs = self.env.reset(seed=self.cfg.seed, start=state["env"].get("start", 0) + 1)
         return False

@@ -51,6 +51,7 @@ import torch
 
 from softq import config as softq_config
 from softq.rl.a2c import A2C, Config, NonFiniteLoss, auto_torch_threads
+from softq.rl.envs import protocol
 
 __all__ = ["COLUMNS", "RUN_CONTROL", "run_dir", "versions", "machine", "config_class", "make_agent", "train",
            "launch", "core_slots", "split_threads"]
@@ -88,7 +89,7 @@ def run_dir(results: str | Path, experiment: str, rule: str, seed: int) -> Path:
 
 
 def versions() -> dict[str, str]:
-    """Versions of what produced a result: python, torch, gymnasium, ale-py, numpy, softq."""
+    """Versions of what produced a result: python, torch, gymnasium, ale-py, numpy, softq and its git commit."""
     import ale_py
     import gymnasium
     import numpy
@@ -96,7 +97,23 @@ def versions() -> dict[str, str]:
     import softq
 
     return {"python": platform.python_version(), "torch": torch.__version__, "gymnasium": gymnasium.__version__,
-            "ale_py": ale_py.__version__, "numpy": numpy.__version__, "softq": softq.__version__}
+            "ale_py": ale_py.__version__, "numpy": numpy.__version__, "softq": softq.__version__,
+            "softq_commit": _git_commit()}
+
+
+def _git_commit() -> str | None:
+    """The commit of the softq checkout that runs (``+dirty`` when softq/ has uncommitted changes), or None."""
+    root = Path(__file__).resolve().parents[2]
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"], capture_output=True,
+                              text=True, timeout=10)
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--", "softq"],
+                               capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if head.returncode != 0:
+        return None
+    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
 
 
 def machine() -> dict[str, Any]:
@@ -195,7 +212,8 @@ def train(cfg, out: str | Path, *, resume: bool = False, progress: bool = True) 
     starts.append({"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "update": agent.updates,
                    "envs_restored": envs_restored, "command": " ".join(sys.argv), **getattr(agent, "info", {})})
     _write_json(cfg_path, {"config": cfg.as_dict(), "versions": versions(), "device": str(agent.device),
-                           "machine": machine(), "frames_per_step": agent.env.frames_per_step,
+                           "machine": machine(), "protocol": protocol(agent.env),
+                           "frames_per_step": agent.env.frames_per_step,
                            "total_updates": agent.total_updates, "starts": starts})
     if envs_restored is False:
         print(f"[{out}] resumed at update {agent.updates}: Atari emulator states are not saved, the games in "
