@@ -14,9 +14,9 @@ import torch
 import softq.regularized as reg
 import softq.rl.dqn
 from softq.rl.__main__ import main
-from softq.rl.dqn import DQN, TARGETS, Config
+from softq.rl.dqn import DQN, TARGETS, Config, bootstrap_index
 from softq.rl.envs import make_env
-from softq.rl.replay import RESET, FrameReplay
+from softq.rl.replay import FIRST, RESET, FrameReplay
 from softq.rl.runs import train
 
 ATARI = {"num_envs": 2, "buffer_size": 600, "batch_size": 8, "learning_starts": 100, "target_update": 100,
@@ -108,6 +108,78 @@ def test_n_step_targets_stop_at_episode_ends(backup):
         assert abs(float(y[0]) - float(want)) < 1e-9
 
 
+def _random_windows(seed, n, batch, n_actions=6):
+    """Rewards, Q of the next states and episode ends inside n-step windows: terminals, cuts, both, several."""
+    gen = torch.Generator().manual_seed(seed)
+    r = torch.randn(n, batch, generator=gen)
+    q = torch.randn(n, batch, n_actions, generator=gen)
+    term = torch.rand(n, batch, generator=gen) < 0.15
+    trunc = torch.rand(n, batch, generator=gen) < 0.15
+    return r, q, term, trunc
+
+
+@pytest.mark.parametrize("n", [1, 2, 5])
+def test_hard_target_from_its_bootstrap_state_alone_is_the_full_target(n):
+    """Task: the hard n-step target reads Qbar at one next state per window (bootstrap_index); with only those
+    entries of q_next kept (the others 0) q_learning_target gives exactly the target of every state evaluated."""
+    r, q, term, trunc = _random_windows(n, n, 512)
+    term[:, :4], trunc[:, :4] = False, False  # windows without an end ...
+    if n > 1:
+        term[0, 4] = trunc[1, 4] = True  # ... a terminal then a cut, a cut then a terminal, a cut at the last step
+        trunc[0, 5] = term[1, 5] = True
+        trunc[:, 6], term[:, 6] = False, False
+        trunc[n - 1, 6] = True
+    m = bootstrap_index(term, trunc)
+    for b in range(r.shape[1]):
+        ends = [d for d in range(n) if term[d, b] or trunc[d, b]]
+        assert int(m[b]) == (ends[0] if ends else n - 1)
+    cols = torch.arange(r.shape[1])
+    sparse = torch.zeros_like(q)
+    sparse[m, cols] = q[m, cols]
+    for gamma in (0.99, 0.9):
+        full = reg.q_learning_target(r, q, term, trunc, gamma, 0.1, "hard")
+        assert torch.equal(reg.q_learning_target(r, sparse, term, trunc, gamma, 0.1, "hard"), full)
+    assert (term.any(0) & trunc.any(0)).any() and not (term | trunc).any(0).all()  # the cases were exercised
+
+
+def _old_target(agent, batch):
+    """DQN.target before bootstrap_index: the target network on all n*N next states (the code this replaced)."""
+    n, size = batch.rewards.shape
+    with torch.no_grad():
+        q_next = agent.q_values(agent.target_net, batch.next_obs.reshape(n * size, *batch.next_obs.shape[2:]))
+    return reg.q_learning_target(batch.rewards, q_next.view(n, size, -1), batch.terminal, batch.truncated,
+                                 agent.cfg.gamma, agent.cfg.tau, "hard")
+
+
+@pytest.mark.parametrize("env", ["BreakoutNoFrameskip-v4", "CartPole-v1"])
+def test_hard_n_step_target_of_a_replay_batch_is_unchanged(env):
+    """On real replay batches (Breakout: lost lives inside the windows; CartPole: game ends), the hard 5-step
+    target from the bootstrap states alone equals the one from all next states."""
+    where = {**ATARI, "buffer_size": 4000} if env != "CartPole-v1" else {"num_envs": 4, "device": "cpu"}
+    cfg = Config(env=env, target="hard", n_step=5, frames=10**6, **{**where, "learning_starts": 10**9})
+    agent = DQN(cfg)
+    while agent.env_steps < 1200:
+        agent.step()
+    agent.env.close()
+    for seed in range(3):
+        batch = agent.replay.sample(128, torch.Generator().manual_seed(seed))
+        assert batch.terminal.any()
+        with torch.no_grad():
+            new = agent.target(batch)
+        old = _old_target(agent, batch)
+        # the same target up to the network's float rounding on a batch of N states instead of n*N
+        torch.testing.assert_close(new, old, rtol=1e-6, atol=1e-6)
+        m = bootstrap_index(batch.terminal, batch.truncated)
+        sparse = torch.zeros((5, 128, agent.env.n_actions))
+        with torch.no_grad():
+            q_all = agent.q_values(agent.target_net, batch.next_obs.reshape(5 * 128, *batch.next_obs.shape[2:]))
+        cols = torch.arange(128)
+        sparse[m, cols] = q_all.view(5, 128, -1)[m, cols]
+        want = reg.q_learning_target(batch.rewards, sparse, batch.terminal, batch.truncated, cfg.gamma, cfg.tau,
+                                     "hard")
+        assert torch.equal(want, old)  # exactly: only the bootstrap entries matter
+
+
 def test_value_checks_can_be_turned_off_and_compute_the_same():
     bad = torch.tensor([0.7, 0.7])
     with pytest.raises(ValueError, match="sum to 1"):
@@ -190,22 +262,25 @@ def test_fallback_moves_an_autoreset_pick_to_the_next_game():
 
 def test_rebuilt_stacks_equal_what_the_agent_saw_across_lives_and_games():
     """Breakout, random play: every stack rebuilt from the frame ring equals the env's own 4-frame stack, after
-    lost lives (stacking goes on) and after game overs (zeros before the first frame, as ale-py does)."""
+    lost lives (the env's forced step after each, a reset step, starts a new stack) and after game overs (zeros
+    before the first frame, as ale-py does)."""
     env = make_env("BreakoutNoFrameskip-v4", 2, threads=1)
     rb = FrameReplay(4000, 2, env.obs_shape, 5)
     obs = env.reset(seed=0)
     rb.start(obs)
     seen = [obs]
     rng = np.random.default_rng(0)
-    terminals = resets = 0
-    while resets < 2:
+    terminals = resets = games = 0
+    while games < 2:
         out = env.step(rng.integers(0, env.n_actions, 2))
         rb.add(rng.integers(0, 4, 2), out.reward, out.terminal, out.truncated, out.reset, out.obs)
         seen.append(out.obs)
         terminals += int(out.terminal.sum())
         resets += int(out.reset.sum())
+        games += len(out.scores)
     env.close()
-    assert terminals >= 6  # lives lost, not only games
+    assert terminals >= 6 and resets >= 6  # lives lost, not only games
+    assert rb.steps < rb.rows - 4  # nothing overwritten
     t = rb.steps
     rows = torch.arange(-3, t + 1)[None, :].expand(2, -1)
     got = rb.stacks(rows, torch.tensor([[0], [1]]).expand_as(rows))  # [2, t+1, 4, 84, 84]
@@ -215,6 +290,24 @@ def test_rebuilt_stacks_equal_what_the_agent_saw_across_lives_and_games():
     for i in range(32):
         k, c = int(b.rows[i]), int(b.cols[i])
         assert torch.equal(b.obs[i], want[c, k]) and torch.equal(b.next_obs[-1, i], want[c, k + 5])
+
+
+def test_a_restored_replay_continues_exactly_like_the_original():
+    """add() keeps the FIRST bit of the newest row on the host: after load_state_dict it must come from the saved
+    flags, so that both replays write the same rows from then on (a reset as the last step before the save)."""
+    a, b = FrameReplay(64, 2, (4, 1, 1), 3), FrameReplay(64, 2, (4, 1, 1), 3)
+    _fake_steps(a, [(0, 0, 0)] * 5 + [(1, 0, 0), (0, 0, 1)], num_envs=2)
+    assert (a.flags[a.steps % a.rows] & FIRST).all()
+    _fake_steps(b, [(0, 0, 0)] * 3, num_envs=2)
+    b.load_state_dict(a.state_dict())
+    for rb in (a, b):
+        rb.add(np.array([1, 2]), np.array([0.5, -1.0]), np.zeros(2), np.array([0, 1]), np.zeros(2),
+               np.full((2, 4, 1, 1), 99, np.uint8))
+    for name in ("frames", "actions", "rewards", "flags"):
+        assert torch.equal(getattr(a, name), getattr(b, name)), name
+    row = (a.steps - 1) % a.rows
+    assert a.flags[row].tolist() == [FIRST, FIRST | 2] and a.actions[row].tolist() == [1, 2]
+    assert a.rewards[row].tolist() == [0.5, -1.0] and a.frames[a.steps % a.rows].eq(99).all()
 
 
 # --- the agent --------------------------------------------------------------------------------------------------
@@ -247,7 +340,8 @@ def test_each_target_trains_on_atari_with_softq_targets(target, n_step, monkeypa
 
 def test_bad_dqn_configs_are_rejected_by_name():
     for field, value in [("target", "soft"), ("tau", 0.0), ("n_step", 0), ("gamma", 2.0), ("loss", "l1"),
-                         ("cuda_graph", "yes"), ("eps_end", -0.1), ("buffer_size", 10), ("algo", "a2c")]:
+                         ("cuda_graph", "yes"), ("eps_end", -0.1), ("buffer_size", 10), ("algo", "a2c"),
+                         ("schedule_frames", -2), ("schedule_frames", 1.5), ("precision", "fp16")]:
         with pytest.raises(ValueError, match=field):
             Config(env="CartPole-v1", **{field: value})
     assert Config(target="soft_kl", tau=0.01, n_step=5).rule == "soft_kl_tau0.01_n5"
@@ -365,3 +459,103 @@ def test_a_checkpoint_from_a_cuda_graph_run_resumes_on_the_cpu():
     same = DQN(cfg)  # a CPU checkpoint on the CPU restores the generator
     same.load_state_dict(agent.state_dict())
     assert same.info["replay_rng_restored"] is True
+
+
+# --- the exploration schedule -------------------------------------------------------------------------------------
+
+
+def test_epsilon_follows_one_schedule_whatever_the_run_length():
+    """A 1M-frame Atari run explores exactly as the first 1M frames of a 40M-frame one (the paper's Figure 2 budget):
+    epsilon decays over 10% of 40M frames = 1M agent steps, CleanRL's dqn_atari schedule (10M steps, fraction 0.1)."""
+    short, long = (DQN(Config(frames=f, **ATARI)) for f in (1_000_000, 40_000_000))
+    for k in range(short.total_env_steps + 1):
+        short.env_steps = long.env_steps = k
+        assert short.epsilon() == long.epsilon(), k
+    for agent in (short, long):
+        agent.env.close()
+        assert agent.cfg.horizon_frames == 40_000_000 and agent.info["epsilon_decay_env_steps"] == 1_000_000
+    for k in (0, 250_000, 999_999, 1_000_000, 5_000_000):  # CleanRL's linear_schedule(1, 0.01, 1M steps, k)
+        long.env_steps = k
+        assert long.epsilon() == pytest.approx(max(0.01, 1 + (0.01 - 1) * k / 1_000_000), abs=1e-12)
+
+
+def test_epsilon_horizon_choices():
+    """-1 (default): 40M frames on Atari, the run's length on classic control; 0: the run's length; > 0: as given."""
+    cartpole = DQN(Config(frames=25_000, **CARTPOLE))  # the chapter's CartPole settings: 20% of the run
+    assert cartpole.cfg.horizon_frames == 25_000 and cartpole.epsilon_decay_env_steps == 5000
+    cartpole.env_steps = 5000
+    assert cartpole.epsilon() == pytest.approx(0.02, abs=1e-12)
+    cartpole.env_steps = 2500
+    assert cartpole.epsilon() == pytest.approx(1 - 0.98 / 2)
+    assert Config(frames=25_000, schedule_frames=100_000, **CARTPOLE).horizon_frames == 100_000
+    assert Config(frames=4000, schedule_frames=0, **ATARI).horizon_frames == 4000
+    assert Config(frames=4000, schedule_frames=8000, **ATARI).horizon_frames == 8000
+    own = DQN(Config(frames=4000, schedule_frames=0, **ATARI))  # Atari: 4 frames per step
+    own.env.close()
+    assert own.epsilon_decay_env_steps == 0.1 * 1000
+
+
+# --- non-finite values ------------------------------------------------------------------------------------------
+
+
+def test_a_non_finite_gradient_stops_the_run():
+    """A finite loss with an infinite gradient (norm) is caught too, at the gradient step it happens."""
+    agent = DQN(Config(**{**CARTPOLE, "learning_starts": 40, "train_frequency": 4}))  # one gradient step per step
+    while agent.grad_steps < 4:
+        agent.step()
+    agent.net.head.bias.register_hook(lambda g: g * float("inf"))
+    with pytest.raises(softq.rl.a2c.NonFiniteLoss, match="gradient step <= 5"):
+        agent.step()
+    assert math.isfinite(agent._stats[0]) and not math.isfinite(agent._stats[3])  # the loss was finite
+
+
+def test_without_per_step_checks_a_nan_is_caught_at_the_next_log_row(monkeypatch):
+    """CUDA's mode (check_every_step False: no host-device sync per update): a NaN is found at the next log row,
+    or by assert_finite (runs.train: before each checkpoint), which also checks the weights."""
+    real, calls = softq.rl.dqn.dqn_loss, {"n": 0}
+
+    def poisoned(*a, **k):
+        calls["n"] += 1
+        loss = real(*a, **k)
+        return loss * float("nan") if calls["n"] == 4 else loss
+
+    monkeypatch.setattr(softq.rl.dqn, "dqn_loss", poisoned)
+    agent = DQN(Config(**{**CARTPOLE, "learning_starts": 40, "log_every": 50}))
+    agent.check_every_step = False
+    while agent.grad_steps < 8:
+        agent.step()  # the NaN of gradient step 4 is not read yet
+    assert agent.updates < 50
+    with pytest.raises(softq.rl.a2c.NonFiniteLoss, match="loss or gradient at gradient step"):
+        agent.assert_finite()
+    with pytest.raises(softq.rl.a2c.NonFiniteLoss, match="loss or gradient"):
+        while True:
+            agent.step()
+    assert agent.updates == 50
+    fresh = DQN(Config(**CARTPOLE))
+    fresh.assert_finite()
+    with torch.no_grad():
+        fresh.target_net.head.weight[0, 0] = float("inf")
+    with pytest.raises(softq.rl.a2c.NonFiniteLoss, match="non-finite weights"):
+        fresh.assert_finite()
+
+
+# --- precision ----------------------------------------------------------------------------------------------------
+
+
+def test_bf16_trains_with_float32_values_and_loss():
+    """precision=bf16: the convolutions under bf16 autocast; Q values, targets and the loss are float32."""
+    agent = DQN(Config(precision="bf16", n_step=3, target="soft_ent", frames=4 * 2 * 150, **ATARI))
+    obs = torch.as_tensor(agent.obs)
+    with torch.no_grad():
+        q = agent.q_values(agent.net, obs)
+        q32 = agent.net(obs)
+    assert q.dtype == torch.float32 and q.shape == (2, agent.env.n_actions)
+    assert 0 < (q - q32).abs().max() < 0.05 * q32.abs().max()  # bf16 rounding, nothing more
+    before = [p.detach().clone() for p in agent.net.parameters()]
+    while agent.updates < agent.total_updates:
+        stats = agent.step()
+    agent.env.close()
+    assert all(p.dtype == torch.float32 for p in agent.net.parameters())
+    assert all(math.isfinite(stats[k]) for k in ("loss", "q_mean", "target_mean", "grad_norm"))
+    assert any(not torch.equal(p, b) for p, b in zip(agent.net.parameters(), before, strict=True))
+    agent.assert_finite()

@@ -17,7 +17,9 @@ network, replay, target network and epsilon-greedy exploration are identical. He
 tau k(s_{t+d})) + gamma^n V(s_{t+n})`` with the penalty ``k`` of the target network's Boltzmann policy
 (KL against uniform, minus the entropy for ``soft_ent``, 0 for ``hard``); it stops at a terminal step (a lost life
 included) and bootstraps at a time-limit cut. n = 1 is eqs (81)-(83) exactly. Regression with
-:func:`softq.losses.soft_q_loss` (eq 44, ``1/2 (Q - y)^2``) or a Huber loss.
+:func:`softq.losses.soft_q_loss` (eq 44, ``1/2 (Q - y)^2``) or a Huber loss. The ``hard`` n-step target reads
+``max Qbar`` at one state per window, the one it bootstraps from (:func:`bootstrap_index`), so the target network
+runs on ``N`` states, not ``n*N`` (:meth:`DQN.target`; the same target).
 
 Reference and hyperparameters. The paper does not list its DQN's settings (OpenAI's internal DQN of 2017). We use
 CleanRL's ``dqn_atari.py`` (Huang et al. 2022; Nature DQN, Mnih et al. 2015): it is public, single-file, and its
@@ -25,8 +27,12 @@ published Pong runs reach about 20; its defaults are this :class:`Config`'s: Nat
 transitions, Adam (lr 1e-4, eps 1e-8), squared-error loss (CleanRL uses MSE, not Nature's Huber; ``--loss huber``
 gives Huber with delta 1), no gradient clipping, batch 32, gamma 0.99, learning starts after 80k steps, one
 gradient step per 4 env steps, the target network copied every 1000 env steps, epsilon 1.0 -> 0.01 linearly over
-the first 10% of the run (CleanRL runs 10M *agent steps*; the paper plots frames, so our ``frames`` counts
-emulator frames, 4 per step, and a 10M-frame run explores for 250k steps). Differences, for speed: ``num_envs``
+the first 10% of the schedule's horizon. CleanRL's horizon is its run, 10M *agent steps*: epsilon reaches 0.01 after
+1M steps. The paper plots frames (our ``frames`` counts emulator frames, 4 per agent step) and trains 40M frames =
+10M steps (Figure 2), so the horizon is ``schedule_frames`` (default: 40M frames on Atari), **not** where a run
+stops: epsilon reaches 0.01 at 4M frames = 1M steps, exactly CleanRL's, and a run of any length (10M frames, a
+quarter of the paper's) is the first part of the 40M-frame run (``schedule_frames = 0``: the run's own ``frames``;
+classic control uses its run's length by default, having no paper budget). Differences, for speed: ``num_envs``
 environments step together (default 8; CleanRL uses 1); each vector step adds ``num_envs`` transitions and, after
 learning starts, does ``num_envs / train_frequency`` gradient steps, so the replay ratio (one batch of 32 per 4
 env steps) and every schedule in env steps are CleanRL's. The trunk is initialized orthogonally
@@ -35,7 +41,15 @@ env steps) and every schedule in env steps are CleanRL's. The trunk is initializ
 Replay (:mod:`softq.rl.replay`): each frame stored once on the training device, sampled by index arithmetic in
 torch. On CUDA (``cuda_graph=auto``) the whole gradient step -- sampling, stack rebuilding, target, loss, backward,
 Adam -- and the acting forward pass are captured in CUDA graphs and replayed, so Python launches two graphs per
-vector step; on CPU the same code runs eagerly (the flag is then ignored, and recorded as such).
+vector step; on CPU the same code runs eagerly (the flag is then ignored, and recorded as such). A non-finite
+loss or gradient norm sets a device flag; on CPU it is read after every gradient step (free), on CUDA only at log
+rows (a read is a host-device sync), and :meth:`DQN.assert_finite` (flag and weights) runs before every checkpoint,
+so a NaN stops the run before it could be saved as the last good state.
+
+Speed. The trained Nature CNN runs in channels_last (NHWC) memory format; on CPU, Adam is torch's fused one (one
+pass over the 1.7M weights). ``precision="bf16"`` (an option; default fp32) runs the convolutions' forward and
+backward under bf16 autocast (:meth:`DQN.q_values`; the 3136 -> 512 layer, the head, targets, loss and Adam stay
+float32).
 
 Checkpoints (:mod:`softq.rl.runs`). A replay of at most ``checkpoint_replay_mb`` MiB (classic control) is saved in
 the checkpoint together with the environments, so a CPU run resumes bit for bit. A larger one (Atari: 7 GB per 1M
@@ -64,9 +78,13 @@ from softq.rl.envs import CLASSIC_ENVS, VecEnv, is_atari, make_env
 from softq.rl.nets import make_q_net
 from softq.rl.replay import FrameReplay
 
-__all__ = ["TARGETS", "COLUMNS", "Config", "DQN", "dqn_loss"]
+__all__ = ["TARGETS", "PRECISIONS", "ATARI_SCHEDULE_FRAMES", "COLUMNS", "Config", "DQN", "dqn_loss",
+           "bootstrap_index"]
 
 TARGETS = regularized.DQN_BACKUPS  # ("hard", "soft_kl", "soft_ent")
+PRECISIONS = ("fp32", "bf16")
+#: The horizon of epsilon's schedule on Atari (``schedule_frames = -1``): the paper's DQN budget (Figure 2, 40M frames)
+ATARI_SCHEDULE_FRAMES = 40_000_000
 #: progress.csv columns of a DQN run (``updates`` counts vector steps, ``grad_steps`` gradient steps).
 COLUMNS = ("frames", "updates", "grad_steps", "episodes", "score_mean100", "score_count", "loss", "q_mean",
            "target_mean", "grad_norm", "epsilon", "lr", "sps", "wall_s")
@@ -83,7 +101,7 @@ class Config:
     tau: float = 0.1  # temperature of the soft targets (the paper: 0.1 and 0.01); unused by hard
     n_step: int = 1  # lookahead n of the target (the paper: 1 and 5)
     seed: int = 0
-    frames: int = 10_000_000  # emulator frames (4 per agent step on Atari)
+    frames: int = 10_000_000  # emulator frames where the run stops (4 per agent step on Atari)
     # the algorithm
     num_envs: int = 8
     buffer_size: int = 1_000_000  # transitions
@@ -96,10 +114,14 @@ class Config:
     target_update: int = 1000  # env steps between copies of the online network into the target network
     eps_start: float = 1.0
     eps_end: float = 0.01
-    exploration_fraction: float = 0.1  # fraction of the run's env steps over which epsilon decays linearly
+    exploration_fraction: float = 0.1  # fraction of the schedule's horizon over which epsilon decays linearly
+    # the horizon of epsilon's schedule, in frames: -1 (auto): 40M on Atari (Figure 2's budget), `frames` on classic
+    # control; 0: `frames` (the run's own length); > 0: that many frames
+    schedule_frames: int = -1
     loss: str = "mse"  # mse: soft_q_loss, 1/2 (Q - y)^2 (eq 44) | huber: smooth L1, delta 1
     max_grad_norm: float = 0.0  # 0: no clipping (CleanRL)
     hidden: int = 64  # MLP width (classic control only)
+    precision: str = "fp32"  # fp32 | bf16: the convolutions under bf16 autocast (DQN.q_values); the rest float32
     # where and how
     device: str = "auto"
     cuda_graph: str = "auto"  # auto: on with CUDA, off on CPU | on | off
@@ -142,6 +164,11 @@ class Config:
             v = getattr(self, name)
             if not (isinstance(v, int | float) and 0 <= v <= 1):
                 raise bad(name, "must lie in [0, 1]")
+        if isinstance(self.schedule_frames, bool) or not isinstance(self.schedule_frames, int) \
+                or self.schedule_frames < -1:
+            raise bad("schedule_frames", "must be an int >= 0, or -1 (auto)")
+        if self.precision not in PRECISIONS:
+            raise bad("precision", f"must be one of {PRECISIONS}")
         if self.loss not in ("mse", "huber"):
             raise bad("loss", "must be 'mse' or 'huber'")
         if self.cuda_graph not in ("auto", "on", "off"):
@@ -157,6 +184,16 @@ class Config:
         """The variant's name in the results layout: ``hard``, ``soft_ent_tau0.1``, ``soft_kl_tau0.01_n5``, ..."""
         name = self.target if self.target == "hard" else f"{self.target}_tau{self.tau:g}"
         return name if self.n_step == 1 else f"{name}_n{self.n_step}"
+
+    @property
+    def horizon_frames(self) -> int:
+        """Frames over which epsilon's schedule runs: ``schedule_frames``; ``frames`` when it is 0; with -1 (auto)
+        :data:`ATARI_SCHEDULE_FRAMES` on Atari and ``frames`` on classic control."""
+        if self.schedule_frames > 0:
+            return self.schedule_frames
+        if self.schedule_frames == -1 and self.env not in CLASSIC_ENVS:
+            return ATARI_SCHEDULE_FRAMES
+        return self.frames
 
     @property
     def steps_per_update(self) -> int:
@@ -185,6 +222,27 @@ def dqn_loss(q_taken: torch.Tensor, target: torch.Tensor, loss: str) -> torch.Te
     if loss == "huber":
         return F.huber_loss(q_taken, target.detach(), delta=1.0)
     raise ValueError(f"loss must be 'mse' or 'huber', got {loss!r}")
+
+
+def bootstrap_index(terminal: torch.Tensor, truncated: torch.Tensor) -> torch.Tensor:
+    """Per window, the index ``m`` of the next state an n-step target reads ``V`` at: ``[n, N], [n, N] -> [N]`` long.
+
+    ``m`` is the first step ``d`` of the window that is ``terminal`` or ``truncated``, else ``n - 1``: after a cut the
+    target bootstraps from ``V(s_{t+m+1}) = V(next_obs[m])``, at a terminal it adds no ``V`` at all (eq 46; its
+    entry ``m`` is then multiplied by 0), and a window without an end bootstraps from its last next state. Only
+    device ops of fixed shapes (capturable in a CUDA graph).
+    """
+    n = terminal.shape[0]
+    stop = (terminal | truncated).to(torch.int32)
+    before = (torch.cumsum(stop, dim=0) == 0).sum(dim=0)  # steps of the window before its first end
+    return before.clamp_(max=n - 1)
+
+
+def _split_trunk(trunk: torch.nn.Sequential) -> tuple[torch.nn.Sequential, torch.nn.Sequential]:
+    """``(low, high)``: the trunk's layers before its first ``Flatten`` (the convolutions) and from it on; an MLP
+    trunk (no Flatten) is all ``low``."""
+    k = next((i for i, m in enumerate(trunk) if isinstance(m, torch.nn.Flatten)), len(trunk))
+    return trunk[:k], trunk[k:]
 
 
 class _Stats(Mapping):
@@ -231,15 +289,26 @@ class DQN:
             torch.cuda.manual_seed(cfg.seed)
         self.net = make_q_net(self.env.obs_shape, self.env.n_actions, cfg.hidden).to(self.device)
         self.target_net = make_q_net(self.env.obs_shape, self.env.n_actions, cfg.hidden).to(self.device)
+        # Nature CNN memory formats: NHWC (channels_last) for the trained network (forward + backward: faster on CPU)
+        # and for the target network in bf16; NCHW for the fp32 target network (forward only: NHWC gains nothing
+        # there and its input would need a transposed copy)
+        self.channels_last = {self.net: self.net.image,
+                              self.target_net: self.net.image and cfg.precision == "bf16"}
+        for net, nhwc in self.channels_last.items():
+            if nhwc:
+                net.to(memory_format=torch.channels_last)
         self.target_net.load_state_dict(self.net.state_dict())
         self.target_net.requires_grad_(False)
+        self._parts = {net: _split_trunk(net.trunk) for net in (self.net, self.target_net)}  # for bf16: q_values
+        self.params = list(self.net.parameters())
         self.use_graph = self.device.type == "cuda" and cfg.cuda_graph != "off"
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest convolutions
         if cfg.cuda_graph == "on" and self.device.type != "cuda":
             print(f"cuda_graph=on ignored on {self.device}: CUDA graphs need a CUDA device; running eagerly")
-        self.opt = torch.optim.Adam(self.net.parameters(), lr=cfg.lr, eps=cfg.adam_eps,
-                                    capturable=self.use_graph)
+        # CPU: torch's fused Adam (one pass over the weights instead of about ten); CUDA: the capturable foreach one
+        self.opt = torch.optim.Adam(self.params, lr=cfg.lr, eps=cfg.adam_eps, capturable=self.use_graph,
+                                    fused=True if self.device.type == "cpu" else None)
         self.rng = np.random.default_rng(cfg.seed)  # epsilon-greedy
         # replay sampling: a generator of our own on CPU (saved in checkpoints); CUDA graphs need the default one
         self.gen = None if self.use_graph else torch.Generator(device=self.device).manual_seed(cfg.seed)
@@ -256,33 +325,61 @@ class DQN:
         self.obs = self.env.reset(seed=cfg.seed)
         self.replay.start(self.obs)
         self._stats = torch.full((len(self.STAT_NAMES),), float("nan"), device=self.device)
-        self._bad = torch.zeros((), dtype=torch.bool, device=self.device)
+        self._bad = torch.zeros((), dtype=torch.bool, device=self.device)  # a non-finite loss or gradient norm
+        #: read the non-finite flag after every gradient step (free on a CPU), or only at log rows (CUDA: a read is a
+        #: host-device sync); :meth:`assert_finite` checks the flag and the weights (runs.train: before checkpoints)
+        self.check_every_step = self.device.type != "cuda"
         self._have_stats = False
         self._graph = self._act_graph = None
         self._eager_updates = 0
         self.sample_u: torch.Tensor | None = None  # fixed replay draws instead of the generator's (graph_check)
+        #: env steps over which epsilon decays: exploration_fraction of the schedule's horizon (Config.horizon_frames)
+        self.epsilon_decay_env_steps = cfg.exploration_fraction * cfg.horizon_frames / self.env.frames_per_step
         self.info: dict[str, Any] = {"cuda_graph": self.use_graph,
-                                     "replay_bytes_per_transition": self.replay.bytes_per_transition()}
+                                     "replay_bytes_per_transition": self.replay.bytes_per_transition(),
+                                     "epsilon_decay_env_steps": self.epsilon_decay_env_steps}
 
     @property
     def frames(self) -> int:
         return self.updates * self.frames_per_update
 
     def epsilon(self) -> float:
-        """Linear from ``eps_start`` to ``eps_end`` over ``exploration_fraction`` of the run's env steps."""
+        """Linear from ``eps_start`` to ``eps_end`` over the first ``exploration_fraction`` of the schedule's horizon
+        (:attr:`Config.horizon_frames`, in env steps: ``epsilon_decay_env_steps``), then ``eps_end``; the same at a
+        given env step whatever ``frames`` the run stops at (CleanRL's ``linear_schedule``)."""
         cfg = self.cfg
-        duration = cfg.exploration_fraction * self.total_env_steps
+        duration = self.epsilon_decay_env_steps
         if duration <= 0:
             return cfg.eps_end
         return max(cfg.eps_end, cfg.eps_start + (cfg.eps_end - cfg.eps_start) * self.env_steps / duration)
 
     # --- acting ---------------------------------------------------------------------------------------------
 
+    def q_values(self, net: torch.nn.Module, obs: torch.Tensor) -> torch.Tensor:
+        """``Q(s, .) [N, A]`` float32 of ``net`` (the online or the target network) on ``obs [N, *obs_shape]``.
+
+        Images go in the network's memory format (``channels_last`` or not: ``self.channels_last``).
+        ``precision="bf16"``: the convolutions (classic control: the MLP trunk) run under bf16 autocast, the fully
+        connected 3136 -> 512 layer and the head in float32 on their output cast back: convolutions are compute-bound
+        (bf16 helps), that layer is bound by reading its 1.6M weights (a bf16 copy per pass would cost more than it
+        saves), and the action values, their argmax and the loss keep float32's resolution (bf16 spaces values near
+        1 by 0.008).
+        """
+        if self.channels_last[net]:  # the same values as obs.float(), in NHWC
+            obs = obs.float().contiguous(memory_format=torch.channels_last)
+        if self.cfg.precision == "fp32":
+            return net(obs)
+        low, high = self._parts[net]
+        x = obs.float() / 255.0 if net.image else obs.float()  # QNetwork.forward's input scaling
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, cache_enabled=False):
+            h = low(x)
+        return net.head(high(h.float()))
+
     def _greedy(self, obs: np.ndarray) -> np.ndarray:
         x = torch.as_tensor(obs)
         if not self.use_graph:
             with torch.no_grad():
-                return self.net(x.to(self.device)).argmax(-1).cpu().numpy()
+                return self.q_values(self.net, x.to(self.device)).argmax(-1).cpu().numpy()
         if self._act_graph is None:
             self._act_host = torch.empty(x.shape, dtype=x.dtype, pin_memory=True)
             self._act_in = x.to(self.device).clone()
@@ -290,11 +387,11 @@ class DQN:
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side), torch.no_grad():
                 for _ in range(3):
-                    self.net(self._act_in)
+                    self.q_values(self.net, self._act_in)
             torch.cuda.current_stream().wait_stream(side)
             self._act_graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(self._act_graph), torch.no_grad():
-                self._act_out = self.net(self._act_in).argmax(-1)
+                self._act_out = self.q_values(self.net, self._act_in).argmax(-1)
         self._act_host.copy_(x)  # the previous copy is done: its .cpu() below waited for the stream
         self._act_in.copy_(self._act_host, non_blocking=True)
         self._act_graph.replay()
@@ -311,23 +408,47 @@ class DQN:
 
     # --- learning -------------------------------------------------------------------------------------------
 
+    def target(self, batch) -> torch.Tensor:
+        """The fixed targets ``y [N]`` of a :class:`softq.rl.replay.Batch`: eqs (81)-(83), n-step eq (46), from the
+        target network (:func:`softq.regularized.q_learning_target`). Call under ``torch.no_grad()``.
+
+        Soft targets need ``Qbar`` at all n next states (their penalties ``k``), so the target network runs on the
+        ``[n*N]`` states ``next_obs``. The ``hard`` target needs only the one it bootstraps from
+        (:func:`bootstrap_index`): the network runs on those ``[N]`` states, their values are put at their steps of
+        an otherwise zero ``q_next [n, N, A]``, and ``q_learning_target`` gives the same target as with every
+        state evaluated (the other entries enter only multiplied by 0).
+        """
+        cfg = self.cfg
+        n, size = batch.rewards.shape
+        if cfg.target == "hard" and n > 1:
+            m = bootstrap_index(batch.terminal, batch.truncated)
+            cols = torch.arange(size, device=m.device)
+            q_boot = self.q_values(self.target_net, batch.next_obs[m, cols])  # [N, A]
+            q_next = torch.zeros((n, *q_boot.shape), dtype=q_boot.dtype, device=q_boot.device)
+            q_next[m, cols] = q_boot
+        else:
+            q_next = self.q_values(self.target_net, batch.next_obs.reshape(n * size, *batch.next_obs.shape[2:]))
+            q_next = q_next.view(n, size, -1)
+        return regularized.q_learning_target(batch.rewards, q_next, batch.terminal, batch.truncated,
+                                             cfg.gamma, cfg.tau, cfg.target)
+
     def _update_body(self) -> None:
         """One gradient step on a sampled batch; only device work (capturable). Writes ``_stats`` and ``_bad``."""
         cfg = self.cfg
         batch = self.replay.sample(cfg.batch_size, self.gen, self.sample_u)
-        n, size = batch.rewards.shape
         with torch.no_grad():
-            q_next = self.target_net(batch.next_obs.reshape(n * size, *batch.next_obs.shape[2:])).view(n, size, -1)
-            y = regularized.q_learning_target(batch.rewards, q_next, batch.terminal, batch.truncated,
-                                              cfg.gamma, cfg.tau, cfg.target)
-        q_taken = self.net(batch.obs).gather(1, batch.actions[:, None])[:, 0]
+            y = self.target(batch)
+        q_taken = self.q_values(self.net, batch.obs).gather(1, batch.actions[:, None])[:, 0]
         loss = dqn_loss(q_taken, y, cfg.loss)
         loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.net.parameters(), cfg.max_grad_norm or math.inf)
+        if cfg.max_grad_norm > 0:
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
+        else:  # no clipping: the norm alone (clip_grad_norm_ with an infinite bound would rescale every grad by 1)
+            grad_norm = torch.nn.utils.get_total_norm([p.grad for p in self.params])
         self.opt.step()
-        loss = loss.detach()
-        self._stats.copy_(torch.stack([loss, q_taken.detach().mean(), y.mean(), grad_norm.detach()]))
-        self._bad.logical_or_(~torch.isfinite(loss))
+        loss, grad_norm = loss.detach(), grad_norm.detach()
+        self._stats.copy_(torch.stack([loss, q_taken.detach().mean(), y.mean(), grad_norm]))
+        self._bad.logical_or_(~(torch.isfinite(loss) & torch.isfinite(grad_norm)))
 
     def update(self) -> None:
         """One gradient step (captured in a CUDA graph after three eager warm-up steps when ``use_graph``)."""
@@ -381,13 +502,32 @@ class DQN:
                 trained = True
         if self.env_steps // cfg.target_update > before // cfg.target_update:
             self.sync_target()
-        if trained and bool(self._bad):
-            raise NonFiniteLoss(
-                f"non-finite loss at gradient step <= {self.grad_steps} (vector step {self.updates}, frame "
-                f"{self.frames}) of dqn target={cfg.target} env={cfg.env} seed={cfg.seed}: stopped; the last good "
-                "checkpoint is kept")
+        if trained and self.check_every_step and bool(self._bad):
+            raise NonFiniteLoss(self._non_finite("loss or gradient"))
+        if not self.check_every_step and (self.updates % cfg.log_every == 0 or self.updates == self.total_updates):
+            self.assert_finite()  # at runs.train's log rows: one host-device sync per log_every vector steps
         host = {"epsilon": eps, "lr": cfg.lr, "grad_steps": self.grad_steps}
         return _Stats(self._stats if self._have_stats else None, self.STAT_NAMES, host)
+
+    def _non_finite(self, what: str) -> str:
+        cfg = self.cfg
+        return (f"non-finite {what} at gradient step <= {self.grad_steps} (vector step {self.updates}, frame "
+                f"{self.frames}) of dqn target={cfg.target} env={cfg.env} seed={cfg.seed}: stopped; the last good "
+                "checkpoint is kept")
+
+    def assert_finite(self) -> None:
+        """Raise :class:`softq.rl.a2c.NonFiniteLoss` if a gradient step so far had a non-finite loss or gradient
+        norm, or a weight of the online or target network is non-finite.
+
+        One read of the device (on CUDA a host-device sync, which :meth:`step` makes only at log rows):
+        ``runs.train`` calls it before every checkpoint, so a spoiled state never replaces the last good one.
+        """
+        weights = [~torch.isfinite(p).all() for net in (self.net, self.target_net) for p in net.parameters()]
+        flags = torch.stack([self._bad, torch.stack(weights).any()]).tolist()
+        if flags[0]:
+            raise NonFiniteLoss(self._non_finite("loss or gradient"))
+        if flags[1]:
+            raise NonFiniteLoss(self._non_finite("weights"))
 
     def score_mean(self) -> float:
         return float(np.mean(self.scores)) if self.scores else float("nan")
@@ -419,11 +559,12 @@ class DQN:
         self.net.load_state_dict(state["net"])
         self.target_net.load_state_dict(state["target_net"])
         # the optimizer's param groups carry `capturable`: keep this run's (a resume may switch CPU <-> CUDA graphs)
-        opt = state["opt"]
-        self.opt.load_state_dict({**opt, "param_groups": [{**g, "capturable": self.use_graph}
-                                                          for g in opt["param_groups"]]})
+        # (and `fused`, `foreach`: this device's implementation)
+        opt, impl = state["opt"], {k: self.opt.defaults[k] for k in ("capturable", "fused", "foreach")}
+        self.opt.load_state_dict({**opt, "param_groups": [{**g, **impl} for g in opt["param_groups"]]})
         self._graph = self._act_graph = None  # a graph captured before would keep reading the replaced tensors
         self._eager_updates = 0
+        self._bad.zero_()  # a checkpoint is saved only after assert_finite()
         self.rng.bit_generator.state = state["rng"]
         if self.gen is None:  # CUDA graphs: the replay draws from the default CUDA generator, restored below
             self.info["replay_rng_restored"] = state.get("cuda_rng") is not None
@@ -441,7 +582,8 @@ class DQN:
         if envs_restored:
             self.obs = state["obs"]
         else:
-            self.obs = self.env.reset(seed=(self.cfg.seed + 1_000_003 * self.updates) % (2**31 - 2**16))
+            # fresh games on seeds no earlier start of this run (nor any other run) used: softq.rl.envs.env_seeds
+            self.obs = self.env.reset(seed=self.cfg.seed, start=state["env"].get("start", 0) + 1)
         replay_restored = envs_restored and state["replay"] is not None
         if replay_restored:
             self.replay.load_state_dict(state["replay"])

@@ -12,19 +12,27 @@ Row ``k`` of column ``c`` holds the observation ``x_k`` the env showed before st
 A stacked observation is rebuilt at sample time from the rows ``k-3..k``; frames from before the most recent
 ``first`` row are **zeroed**, exactly what ale-py's ``AtariVectorEnv`` shows at a reset (its stack starts as three
 zero frames and the first frame), so the rebuilt stack equals the one the agent acted on (``tests/test_rl_dqn.py``).
-A lost life is *not* a frame-stack boundary (ale-py keeps stacking across it, and so does this buffer); it is a
-``terminal`` for learning, where every n-step sum stops (:func:`softq.regularized.q_learning_target`).
+The ``first`` rows are those after a ``reset`` row: an autoreset step after a game over and, under the Atari protocol
+of :mod:`softq.rl.envs`, the forced step after a lost life (its observation starts a new stack, zero-padded, like a
+game's). The lost life itself is a ``terminal`` for learning, where every n-step sum stops
+(:func:`softq.regularized.q_learning_target`).
 
 Memory: ``frame_bytes + 1 + 4 + 1`` bytes per transition (7,062 for Atari: 7.06 GB for 1M transitions; a buffer
 of stacked pairs ``(s, s')`` would take 8x that). :meth:`FrameReplay.nbytes` sums the arrays.
 
+Writing (:meth:`FrameReplay.add`): each step's values are staged on the host (pinned memory on CUDA) and copied
+straight into their rows of the ring, asynchronously; no device temporaries, no kernels.
+
 Sampling (:meth:`FrameReplay.sample`) is index arithmetic in torch on the buffer's device: no host round trip, so
-a whole DQN update can be captured in a CUDA graph. A transition ``k`` is drawn uniformly from the rows whose
-stack is intact (not overwritten) and whose n-step window ``k..k+n-1`` and last next state ``x_{k+n}`` are written
-(``lo <= k <= T - n - 1`` for ``T`` steps written), excluding autoreset rows (they are no transitions): ``2 * batch``
-candidates are drawn and the first ``batch`` valid ones kept (exactly uniform over valid rows). If fewer than
-``batch`` of them are valid (probability below 1e-9 unless autoreset rows are a large fraction of the buffer), an
-invalid pick is replaced by the row after it, the first step of the next game -- always a valid transition.
+a whole DQN update can be captured in a CUDA graph. The stacks are one ``index_select`` of rows of the ring (seen
+as ``[L*B, *frame]``) and a multiply by the 0/1 mask of frames from before a game's start.
+
+A transition ``k`` is drawn uniformly from the rows whose stack is intact (not overwritten) and whose n-step window
+``k..k+n-1`` and last next state ``x_{k+n}`` are written (``lo <= k <= T - n - 1`` for ``T`` steps written),
+excluding autoreset rows (they are no transitions): ``2 * batch`` candidates are drawn and the first ``batch`` valid
+ones kept (exactly uniform over valid rows). If fewer than ``batch`` of them are valid (probability below 1e-9
+unless autoreset rows are a large fraction of the buffer), an invalid pick is replaced by the row after it, the
+first step of the next game -- always a valid transition.
 """
 
 from __future__ import annotations
@@ -90,11 +98,20 @@ class FrameReplay:
         self._lo = torch.zeros((), dtype=torch.int64, device=self.device)
         self._count = torch.zeros((), dtype=torch.int64, device=self.device)
         self._offsets = torch.arange(-self.stack + 1, self.n_step + 1, device=self.device)  # rows k-S+1..k+n
-        # host staging for add(): one copy of the frames and one of (action, reward, flags) per step; pinned on CUDA,
-        # and an event so that a pinned buffer is not rewritten while its copy is still in flight
+        # the ring as one row per (slot, column), for index_select (a row gather, much faster than 2-d indexing)
+        self._flat = self.frames.view(self.rows * self.num_envs, *frame_shape)
+        self._windows: dict[int, torch.Tensor] = {}  # width -> [width, S] offsets of each state's frames
+        # host staging for add(): each step's values are written on the host and copied straight into their rows of
+        # the ring (no device temporaries); pinned on CUDA, with an event so that a pinned buffer is not rewritten
+        # while its copy is still in flight. The FIRST bit of row T is kept on the host too (``_first``), so that
+        # row T's flags are complete before they are copied.
         pin = self.device.type == "cuda"
         self._host_frames = torch.empty((self.num_envs, *frame_shape), dtype=obs_dtype, pin_memory=pin)
-        self._host_steps = torch.empty((4, self.num_envs), dtype=torch.float32, pin_memory=pin)
+        self._host_small = torch.empty((3, self.num_envs), dtype=torch.uint8, pin_memory=pin)  # a_T, flags T, T+1
+        self._host_rewards = torch.empty((self.num_envs,), dtype=torch.float32, pin_memory=pin)
+        self._host_frames_np, self._host_small_np = self._host_frames.numpy(), self._host_small.numpy()
+        self._host_rewards_np = self._host_rewards.numpy()
+        self._first = np.zeros(self.num_envs, np.uint8)  # flags[T % L] & FIRST
         self._copied = torch.cuda.Event() if pin else None
 
     # --- accounting ---------------------------------------------------------------------------------------------
@@ -110,44 +127,53 @@ class FrameReplay:
     def bytes_per_transition(self) -> float:
         return self.nbytes() / self.capacity
 
-    def _frame(self, obs) -> torch.Tensor:
-        """The newest frame of ``obs [B, *obs_shape]``, on the device (through the staging buffer)."""
+    def _stage_frame(self, obs) -> None:
+        """Write the newest frame of ``obs [B, *obs_shape]`` into the host staging buffer (after waiting for the
+        copies still reading the staging buffers, on CUDA)."""
         obs = np.asarray(obs)
         if tuple(obs.shape) != (self.num_envs, *self.obs_shape):
             raise ValueError(f"obs must have shape {(self.num_envs, *self.obs_shape)}, got {tuple(obs.shape)}")
         if self._copied is not None:
             self._copied.synchronize()
-        self._host_frames.numpy()[...] = obs[:, -1] if self.image else obs
-        return self._host_frames.to(self.device, non_blocking=True)
+        self._host_frames_np[...] = obs[:, -1] if self.image else obs
 
     # --- writing ------------------------------------------------------------------------------------------------
 
     def start(self, obs) -> None:
         """Begin with the observations returned by ``env.reset()``: ``obs [B, *obs_shape]``, first of their games."""
+        self._stage_frame(obs)
         self.steps = 0
         self.flags.zero_()
-        self.frames[0] = self._frame(obs)
+        self.frames[0].copy_(self._host_frames, non_blocking=True)
         if self._copied is not None:
             self._copied.record()
         self.flags[0] = FIRST
+        self._first[:] = FIRST
         self._update_range()
 
     def add(self, actions, rewards, terminal, truncated, reset, next_obs) -> None:
         """Record one vector step from ``x_T``: ``actions, rewards, terminal, truncated, reset: [B]``, and the
-        observation after it, ``next_obs [B, *obs_shape]`` (see :class:`softq.rl.envs.StepOut`)."""
+        observation after it, ``next_obs [B, *obs_shape]`` (see :class:`softq.rl.envs.StepOut`).
+
+        Each value goes from the host staging buffers straight into its row of the ring (five copies, asynchronous
+        on CUDA; no device temporaries, no kernels)."""
         t, nxt = self.steps % self.rows, (self.steps + 1) % self.rows
-        self.frames[nxt] = self._frame(next_obs)  # waits for the previous step's copies before reusing the buffers
+        self._stage_frame(next_obs)  # waits for the previous step's copies before reusing the buffers
         reset = np.asarray(reset, bool)
-        flags = (np.asarray(terminal, bool) * TERMINAL) | (np.asarray(truncated, bool) * TRUNCATED) | (reset * RESET)
-        host = self._host_steps.numpy()
-        host[0], host[1], host[2], host[3] = actions, rewards, flags, reset * FIRST
-        dev = self._host_steps.to(self.device, non_blocking=True)
+        small = self._host_small_np
+        small[0] = actions
+        small[1] = self._first | (np.asarray(terminal, bool) * TERMINAL) | (np.asarray(truncated, bool) * TRUNCATED) \
+            | (reset * RESET)
+        small[2] = reset * FIRST  # after an autoreset step, x_{T+1} starts a game
+        self._host_rewards_np[...] = rewards
+        self.frames[nxt].copy_(self._host_frames, non_blocking=True)
+        self.actions[t].copy_(self._host_small[0], non_blocking=True)
+        self.rewards[t].copy_(self._host_rewards, non_blocking=True)
+        self.flags[t].copy_(self._host_small[1], non_blocking=True)
+        self.flags[nxt].copy_(self._host_small[2], non_blocking=True)
         if self._copied is not None:
             self._copied.record()
-        self.actions[t] = dev[0].to(torch.uint8)
-        self.rewards[t] = dev[1]
-        self.flags[t] = (self.flags[t] & FIRST) | dev[2].to(torch.uint8)
-        self.flags[nxt] = dev[3].to(torch.uint8)  # after an autoreset step, x_{T+1} starts a game
+        self._first = small[2].copy()
         self.steps += 1
         self._update_range()
 
@@ -175,17 +201,21 @@ class FrameReplay:
         the last ``first`` row zeroed. For vector observations (S = 1) it is the stored rows.
         """
         slots = torch.remainder(rows, self.rows)
-        frames = self.frames[slots, cols]  # [N, W, *frame]
         if not self.image:
-            return frames
+            return self.frames[slots, cols]  # [N, W, d]
         s = self.stack
-        width = rows.shape[1] - s + 1
+        n, width = rows.shape[0], rows.shape[1] - s + 1
         first = (self.flags[slots, cols] & FIRST) != 0  # [N, W]
         seen = torch.cumsum(first.to(torch.int32), dim=1)  # seen[w]: first flags in rows 0..w of the window
         newest = seen[:, s - 1: s - 1 + width]  # [N, width]
         keep = torch.stack([newest - seen[:, m: m + width] == 0 for m in range(s)], dim=2)  # [N, width, S]
-        stacked = torch.stack([frames[:, m: m + width] for m in range(s)], dim=2)  # [N, width, S, H, W]
-        return torch.where(keep[..., None, None], stacked, torch.zeros((), dtype=stacked.dtype, device=self.device))
+        win = self._windows.get(width)
+        if win is None:  # state i, frame m: row i + m of the window
+            win = self._windows[width] = (torch.arange(width, device=self.device)[:, None]
+                                          + torch.arange(s, device=self.device))
+        flat = (slots * self.num_envs + cols)[:, win]  # [N, width, S]: rows of the flat ring
+        stacked = self._flat.index_select(0, flat.reshape(-1)).view(n, width, s, *self.frames.shape[2:])
+        return stacked.mul_(keep[..., None, None].to(stacked.dtype))  # zero the frames before the game's first
 
     def sample(self, batch: int, generator: torch.Generator | None = None, u: torch.Tensor | None = None) -> Batch:
         """``batch`` n-step windows, uniformly over the valid transitions (module docstring); all on the device.
@@ -225,5 +255,6 @@ class FrameReplay:
         for name in ("frames", "actions", "rewards", "flags"):
             getattr(self, name).copy_(state[name])
         self.steps = int(state["steps"])
+        self._first = (state["flags"][self.steps % self.rows] & FIRST).cpu().numpy().astype(np.uint8)
         self._update_range()
 
