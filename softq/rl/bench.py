@@ -134,7 +134,8 @@ SIDE_BY_SIDE = (
     ("a2c_fp32", "new", "a2c", {"precision": "fp32"}),
     ("a2c_bf16", "new", "a2c", {"precision": "bf16"}),
     ("dqn_hard_old", "old", "dqn", {}),
-    ("dqn_hard_fp32", "new", "dqn", {}),
+    ("dqn_hard_fp32", "new", "dqn", {"precision": "fp32"}),
+    ("dqn_hard_bf16", "new", "dqn", {"precision": "bf16"}),
 )
 
 
