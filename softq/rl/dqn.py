@@ -73,7 +73,7 @@ import torch.nn.functional as F
 
 from softq import config as softq_config
 from softq import losses, regularized
-from softq.rl.a2c import NonFiniteLoss, auto_torch_threads, restore_generator
+from softq.rl.a2c import PRECISIONS, NonFiniteLoss, auto_torch_threads, restore_generator
 from softq.rl.envs import CLASSIC_ENVS, VecEnv, is_atari, make_env
 from softq.rl.nets import make_q_net
 from softq.rl.replay import FrameReplay
@@ -82,7 +82,6 @@ __all__ = ["TARGETS", "PRECISIONS", "ATARI_SCHEDULE_FRAMES", "COLUMNS", "Config"
            "bootstrap_index"]
 
 TARGETS = regularized.DQN_BACKUPS  # ("hard", "soft_kl", "soft_ent")
-PRECISIONS = ("fp32", "bf16")
 #: The horizon of epsilon's schedule on Atari (``schedule_frames = -1``): the paper's DQN budget (Figure 2, 40M frames)
 ATARI_SCHEDULE_FRAMES = 40_000_000
 #: progress.csv columns of a DQN run (``updates`` counts vector steps, ``grad_steps`` gradient steps).
