@@ -5,6 +5,8 @@ Examples::
     python -m softq.rl train --rule proper --env CartPole-v1 --seed 0 --frames 100000 --lr 2e-3 --num-envs 8
     python -m softq.rl train --env PongNoFrameskip-v4 --rules naive,proper,soft_q --seeds 0,1,2 \\
         --frames 10000000 --experiment a2c-pong --parallel 3 --time-limit-minutes 9   # then again with --resume
+    python -m softq.rl train --env PongNoFrameskip-v4 --rules naive,proper,soft_q --seeds 0,1,2 --fill \
+        --parallel 2 --time-limit-minutes 170   # the grid: skips finished runs, resumes paused ones (--dry-run)
     python -m softq.rl train --algo dqn --target soft_ent --tau 0.1 --n-step 5 --env PongNoFrameskip-v4
     python -m softq.rl train --algo dqn --targets hard,soft_kl,soft_ent --taus 0.1,0.01 --n-steps 1,5 \
         --experiment dqn-pong --parallel 3 --time-limit-minutes 9   # 9 variants (hard once per n)
@@ -65,6 +67,10 @@ def _parser(algo: str = "a2c") -> argparse.ArgumentParser:
     t.add_argument("--results", type=Path, default=Path("results"), help="root of the results layout")
     t.add_argument("--experiment", help="experiment name (default a2c-<env>)")
     t.add_argument("--resume", action="store_true", help="continue from each run's checkpoint.pt")
+    t.add_argument("--fill", action="store_true",
+                   help="run what is missing of the grid: skip finished runs, resume those with a checkpoint, "
+                        "start the others (a partial run without checkpoint starts afresh); softq.rl.grid")
+    t.add_argument("--dry-run", action="store_true", help="with --fill: print the plan, run nothing")
     t.add_argument("--parallel", type=int, default=1, help="runs at once, as subprocesses (default 1: in turn)")
     t.add_argument("--no-progress", action="store_true", help="no tqdm bar")
     b = sub.add_parser("bench", help="env and training throughput (results/bench/<tag>.json)")
@@ -108,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     from softq.rl.a2c import NonFiniteLoss
-    from softq.rl.runs import launch, run_dir, train
+    from softq.rl.runs import RunBusy, launch, run_dir, train
 
     cls = config_class(args.algo)
     seeds = args.seeds or [args.seed]
@@ -125,25 +131,40 @@ def main(argv: list[str] | None = None) -> int:
             for tau in ([args.tau] if target == "hard" else args.taus or [args.tau]):  # hard has no tau
                 variants += [{"target": target, "tau": tau, "n_step": n} for n in args.n_steps or [args.n_step]]
     cfgs = []
-    try:
-        for variant in variants:
-            for seed in seeds:
+    try:  # seed-major: seed 0 of every variant first, so that a comparison exists early
+        for seed in seeds:
+            for variant in variants:
                 cfgs.append(cls(**{**base, **variant, "seed": seed}))
     except ValueError as e:
         parser.error(str(e))
+    if args.dry_run and not args.fill:
+        parser.error("--dry-run goes with --fill")
+    if args.fill and args.resume:
+        parser.error("--fill decides for each run whether to resume: leave out --resume")
     if args.parallel < 1:
         parser.error(f"--parallel must be >= 1, got {args.parallel}")
     experiment = args.experiment or f"{args.algo}-{args.env}"
     if args.out is not None and len(cfgs) > 1:
         parser.error("--out names one run's folder; with several rules/seeds use --results and --experiment")
     outs = [args.out] if args.out is not None else [run_dir(args.results, experiment, c.rule, c.seed) for c in cfgs]
+    if args.fill:
+        from softq.rl.grid import describe, fill, plan
+
+        try:
+            planned = plan(list(zip(cfgs, outs, strict=True)))
+        except ValueError as e:
+            parser.error(str(e))
+        print(describe(planned), file=sys.stderr)
+        if args.dry_run:
+            return 0
+        return 1 if fill(planned, parallel=args.parallel, progress=not args.no_progress) else 0
     if len(cfgs) == 1:
         try:
             result = train(cfgs[0], outs[0], resume=args.resume, progress=not args.no_progress)
         except NonFiniteLoss as e:
             print(f"FAILED: {e}", file=sys.stderr)
             return 1
-        except (FileExistsError, ValueError) as e:
+        except (FileExistsError, ValueError, RunBusy) as e:
             parser.error(str(e))
         print(f"[{outs[0]}] {result}")
         return 0

@@ -33,8 +33,10 @@ A NaN or infinite loss stops the run with a message naming the update; ``checkpo
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
+import fcntl
 import json
 import math
 import os
@@ -53,7 +55,7 @@ from softq import config as softq_config
 from softq.rl.a2c import A2C, Config, NonFiniteLoss, auto_torch_threads
 from softq.rl.envs import protocol
 
-__all__ = ["COLUMNS", "RUN_CONTROL", "run_dir", "versions", "machine", "config_class", "make_agent", "train",
+__all__ = ["COLUMNS", "RUN_CONTROL", "RunBusy", "run_dir", "versions", "machine", "config_class", "make_agent", "train",
            "launch", "core_slots", "split_threads"]
 
 COLUMNS = ("frames", "updates", "episodes", "score_mean100", "score_count", "loss", "policy_loss", "value_loss",
@@ -179,13 +181,39 @@ class _Stop:
             signal.signal(sig, old)
 
 
+class RunBusy(RuntimeError):
+    """Another process is training the same run folder (it holds ``out/lock``)."""
+
+
+@contextlib.contextmanager
+def _locked(out: Path):
+    """Hold an exclusive ``flock`` on ``out/lock`` (released when the process ends, however it ends)."""
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "lock", "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunBusy(f"{out} is being trained by another process (it holds {out / 'lock'})") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def train(cfg, out: str | Path, *, resume: bool = False, progress: bool = True) -> dict[str, Any]:
     """Train one run into ``out`` (layout in the module docstring); returns the final status dict.
 
     ``resume=True`` continues from ``out/checkpoint.pt`` (the config saved there must equal ``cfg`` except for the
-    fields in :data:`RUN_CONTROL`). Without it, ``out`` must not hold a run yet. Raises :class:`NonFiniteLoss`.
+    fields in :data:`RUN_CONTROL`); with no checkpoint there it starts afresh. Without it, ``out`` must not hold a
+    run yet. The folder is locked while the run trains (:class:`RunBusy` if another process holds it).
+    Raises :class:`NonFiniteLoss`.
     """
     out = Path(out)
+    with _locked(out):
+        return _train(cfg, out, resume=resume, progress=progress)
+
+
+def _train(cfg, out: Path, *, resume: bool, progress: bool) -> dict[str, Any]:
     ckpt_path, log_path, cfg_path = out / "checkpoint.pt", out / "progress.csv", out / "config.json"
     state = None
     if resume and ckpt_path.exists():
@@ -302,28 +330,34 @@ def _cli_args(cfg) -> list[str]:
     return args
 
 
-def launch(cfgs: list[tuple[Any, Path]], *, resume: bool, parallel: int = 1, progress: bool = True) -> int:
+def launch(cfgs: list[tuple[Any, Path]], *, resume: bool | list[bool], parallel: int = 1,
+           progress: bool = True) -> int:
     """Run several (config, out) pairs: one after another in this process (``parallel=1``), or as up to
-    ``parallel`` concurrent ``python -m softq.rl train`` subprocesses. Returns the number of failed runs."""
+    ``parallel`` concurrent ``python -m softq.rl train`` subprocesses, each pinned to its own cores.
+    ``resume``: for every run, or one flag per run. Returns the number of failed runs (a failure is reported and
+    the other runs go on)."""
+    resumes = list(resume) if isinstance(resume, list | tuple) else [bool(resume)] * len(cfgs)
+    if len(resumes) != len(cfgs):
+        raise ValueError(f"resume: {len(resumes)} flags for {len(cfgs)} runs")
     failed = 0
     if parallel <= 1:
-        for cfg, out in cfgs:
+        for (cfg, out), res in zip(cfgs, resumes, strict=True):
             try:
-                train(cfg, out, resume=resume, progress=progress)
-            except NonFiniteLoss as e:
+                train(cfg, out, resume=res, progress=progress)
+            except (NonFiniteLoss, RunBusy) as e:
                 print(f"[{out}] FAILED: {e}", file=sys.stderr)
                 failed += 1
         return failed
     slots = core_slots(parallel)
-    pending, running = list(cfgs), []
+    pending, running = [(cfg, out, res) for (cfg, out), res in zip(cfgs, resumes, strict=True)], []
     while pending or running:
         while pending and len(running) < parallel:
-            cfg, out = pending.pop(0)
+            cfg, out, res = pending.pop(0)
             free = [k for k in range(parallel) if k not in {slot for _, _, slot in running}][0]
             cores = slots[free]
             cfg = split_threads(cfg, len(cores))
             cmd = [sys.executable, "-m", "softq.rl", "train", *_cli_args(cfg), "--out", str(out), "--no-progress"]
-            if resume:
+            if res:
                 cmd.append("--resume")
             print(f"[{out}] started on cores {cores}", file=sys.stderr)
             pin = (lambda c=cores: os.sched_setaffinity(0, c)) if hasattr(os, "sched_setaffinity") else None
