@@ -1,5 +1,6 @@
 """softq.rl.compare: gradients of the agents' own losses, per transition and in exact expectation over actions."""
 
+import dataclasses
 import itertools
 
 import pytest
@@ -120,6 +121,35 @@ def test_tracking_does_not_change_the_run(tmp_path):
     assert set(back) == set(cmp.AGREEMENT_COLUMNS) and len(back["cosine"]) == 5
     assert back["expected_rel_residual"].max() <= 1e-6 and back["expected_head_residual"].max() <= 1e-10
     assert (back["cosine"] <= 1 + 1e-12).all()
+
+
+def test_training_with_agreement_every_measures_the_same_run(tmp_path):
+    """``agreement_every`` in :func:`softq.rl.runs.train` writes agreement.csv with the rows track_agreement
+    measures, leaves the run unchanged (log and weights), and a paused + resumed run writes the same file."""
+    from softq.rl.runs import _train, train
+
+    cfg = Config(rule="soft_q", frames=4 * 5 * 30, seed=5, log_every=5, **CFG)
+    tracked = cmp.track_agreement(cfg, every=7, out=tmp_path / "tracked")
+    train(cfg, tmp_path / "plain", progress=False)
+    measured = tmp_path / "measured"
+    train(dataclasses.replace(cfg, agreement_every=7), measured, progress=False)
+    assert _rows(measured / "progress.csv") == _rows(tmp_path / "plain" / "progress.csv")
+    weights = torch.load(measured / "checkpoint.pt", weights_only=False)["agent"]["net"]
+    assert all(torch.equal(weights[k], w) for k, w in tracked.net_state.items())
+    assert (measured / "agreement.csv").read_text() == (tmp_path / "tracked" / "agreement.csv").read_text()
+    cut = tmp_path / "cut"
+    paused = dataclasses.replace(cfg, agreement_every=7, checkpoint_every=10, time_limit_minutes=1e-9)
+    _train(paused, cut, resume=False, progress=False)  # stops after its first update, checkpointed
+    (cut / "agreement.csv").open("a").write("0,0,0,0,0,0,0,0,0,0\n")  # a row after the checkpoint: dropped
+    train(dataclasses.replace(cfg, agreement_every=7), cut, resume=True, progress=False)
+    assert (cut / "agreement.csv").read_text() == (measured / "agreement.csv").read_text()
+
+
+def _rows(path):
+    import csv
+
+    with open(path) as f:
+        return [{k: v for k, v in r.items() if k not in ("sps", "wall_s")} for r in csv.DictReader(f)]
 
 
 def test_bad_arguments_are_rejected():

@@ -96,6 +96,8 @@ class Config:
     env_threads: int = 0  # ALE threads; 0: min(num_envs, cores)
     torch_threads: int = 0  # torch intra-op threads; 0: auto_torch_threads()
     log_every: int = 100  # updates between CSV rows
+    agreement_every: int = 0  # updates between measurements of proper vs soft_q on the update's batch
+    #   (agreement.csv, softq.rl.compare.agreement_row; a measurement only, the run is unchanged); 0: off
     checkpoint_minutes: float = 5.0  # wall-clock minutes between checkpoints (0: only by count and at the end)
     checkpoint_every: int = 0  # updates between checkpoints (0: off); for tests
     time_limit_minutes: float = 0.0  # stop (after a checkpoint) when this much time has passed; 0: no limit
@@ -110,7 +112,7 @@ class Config:
             raise bad("rule", f"must be one of {RULES}")
         if self.env not in CLASSIC_ENVS:
             is_atari(self.env)  # ValueError naming an unknown game
-        for name in ("seed", "env_threads", "torch_threads", "checkpoint_every", "schedule_frames"):
+        for name in ("seed", "env_threads", "torch_threads", "checkpoint_every", "schedule_frames", "agreement_every"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise bad(name, "must be an int >= 0")

@@ -37,7 +37,8 @@ from softq.rl.a2c import A2C, RULES, Config, a2c_loss, dueling_soft_q_loss
 
 __all__ = [
     "Batch", "LossFn", "rule_loss", "scaled_soft_q_loss", "network_outputs", "head_gradients", "parameter_gradient",
-    "transition_gradients", "score_gradients", "cosine", "compare_rules", "AGREEMENT_COLUMNS", "AgreementRun",
+    "transition_gradients", "score_gradients", "cosine", "compare_rules", "AGREEMENT_COLUMNS", "agreement_row",
+    "agreement_cells", "AgreementRun",
     "track_agreement", "read_agreement",
 ]
 
@@ -274,6 +275,23 @@ AGREEMENT_COLUMNS = ("frames", "updates", "cosine", "norm_ratio", "expected_cosi
                      "expected_head_residual", "grad_norm_proper", "grad_norm_soft_q", "score_mean100")
 
 
+def agreement_row(agent: A2C) -> dict[str, float]:
+    """:func:`compare_rules` (``proper`` vs ``soft_q``, at the agent's gamma, tau, value coefficient and penalty)
+    on the rollout of the agent's last :meth:`~softq.rl.a2c.A2C.collect`, before its update, as a row of
+    :data:`AGREEMENT_COLUMNS`. Draws no random numbers and leaves ``.grad`` alone: the run is not changed."""
+    cfg = agent.cfg
+    r = compare_rules(agent.net, Batch.from_agent(agent), cfg.gamma, cfg.tau, cfg.value_coef, penalty=cfg.penalty)
+    return {"frames": agent.frames, "updates": agent.updates, "cosine": r["cosine"], "norm_ratio": r["norm_ratio"],
+            "expected_cosine": r["expected_cosine"], "expected_rel_residual": r["expected_rel_residual"],
+            "expected_head_residual": r["expected_head_residual"], "grad_norm_proper": r["grad_norm"]["proper"],
+            "grad_norm_soft_q": r["grad_norm"]["soft_q"], "score_mean100": agent.score_mean()}
+
+
+def agreement_cells(row: dict[str, float]) -> list[str]:
+    """A row of :func:`agreement_row` as the cells of ``agreement.csv`` (10 significant digits)."""
+    return [f"{row[c]:.10g}" for c in AGREEMENT_COLUMNS]
+
+
 @dataclass
 class AgreementRun:
     """What :func:`track_agreement` measured: ``rows`` (dicts with :data:`AGREEMENT_COLUMNS`) and the final
@@ -300,14 +318,7 @@ def track_agreement(cfg: Config, every: int = 10, out: str | Path | None = None)
         while agent.updates < agent.total_updates:
             agent.collect()
             if agent.updates % every == 0:
-                r = compare_rules(agent.net, Batch.from_agent(agent), cfg.gamma, cfg.tau, cfg.value_coef,
-                                  penalty=cfg.penalty)
-                rows.append({"frames": agent.frames, "updates": agent.updates, "cosine": r["cosine"],
-                             "norm_ratio": r["norm_ratio"], "expected_cosine": r["expected_cosine"],
-                             "expected_rel_residual": r["expected_rel_residual"],
-                             "expected_head_residual": r["expected_head_residual"],
-                             "grad_norm_proper": r["grad_norm"]["proper"],
-                             "grad_norm_soft_q": r["grad_norm"]["soft_q"], "score_mean100": agent.score_mean()})
+                rows.append(agreement_row(agent))
             agent.update()
     finally:
         agent.env.close()
@@ -318,7 +329,7 @@ def track_agreement(cfg: Config, every: int = 10, out: str | Path | None = None)
             writer = csv.writer(f)
             writer.writerow(AGREEMENT_COLUMNS)
             for row in rows:
-                writer.writerow([f"{row[c]:.10g}" for c in AGREEMENT_COLUMNS])
+                writer.writerow(agreement_cells(row))
         (out / "agreement.json").write_text(json.dumps({"config": cfg.as_dict(), "every": every}, indent=2) + "\n")
     return AgreementRun(rows, {k: t.detach().clone() for k, t in agent.net.state_dict().items()})
 

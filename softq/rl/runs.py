@@ -62,7 +62,7 @@ COLUMNS = ("frames", "updates", "episodes", "score_mean100", "score_count", "los
            "q_loss", "entropy", "kl", "grad_norm", "lr", "sps", "wall_s")
 #: Config fields that may change on --resume (they do not change what is computed).
 RUN_CONTROL = ("device", "env_threads", "torch_threads", "checkpoint_minutes", "checkpoint_every",
-               "time_limit_minutes", "cuda_graph", "checkpoint_replay_mb")
+               "time_limit_minutes", "cuda_graph", "checkpoint_replay_mb", "agreement_every")
 
 
 def config_class(algo: str):
@@ -235,6 +235,9 @@ def _train(cfg, out: Path, *, resume: bool, progress: bool) -> dict[str, Any]:
         envs_restored = agent.load_state_dict(state["agent"])
         with open(log_path, "r+b") as f:
             f.truncate(state["log_bytes"])
+        if (out / "agreement.csv").exists():
+            with open(out / "agreement.csv", "r+b") as f:
+                f.truncate(state.get("agreement_bytes", 0))
         if cfg_path.exists():
             starts = json.loads(cfg_path.read_text()).get("starts", [])
     starts.append({"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "update": agent.updates,
@@ -255,10 +258,16 @@ def _train(cfg, out: Path, *, resume: bool, progress: bool) -> dict[str, Any]:
     last_ckpt = time.perf_counter()
     last_row_t, last_row_updates = time.perf_counter(), agent.updates
 
+    agreement_every = getattr(cfg, "agreement_every", 0)
+    agreement_file = None
+
     def save_checkpoint(log_file) -> None:
         log_file.flush()
+        if agreement_file is not None:
+            agreement_file.flush()
         agent.assert_finite()  # NonFiniteLoss: a spoiled state never replaces the last good checkpoint
         payload = {"config": cfg.as_dict(), "agent": agent.state_dict(), "log_bytes": log_file.tell(),
+                   "agreement_bytes": agreement_file.tell() if agreement_file is not None else 0,
                    "wall_s": wall0 + time.perf_counter() - t_start}
         _atomic_write_bytes(ckpt_path, lambda f: torch.save(payload, f))
 
@@ -269,13 +278,30 @@ def _train(cfg, out: Path, *, resume: bool, progress: bool) -> dict[str, Any]:
                unit_scale=True, disable=not progress, desc=f"{cfg.rule} s{cfg.seed} {cfg.env}", dynamic_ncols=True)
     status = "done"
     try:
-        with open(log_path, "w" if new_log else "a", newline="") as log_file, _Stop() as stop:
+        with contextlib.ExitStack() as files:
+            log_file = files.enter_context(open(log_path, "w" if new_log else "a", newline=""))
+            stop = files.enter_context(_Stop())
             writer = csv.writer(log_file)
             if new_log:
                 writer.writerow(columns)
+            if agreement_every:
+                from softq.rl.compare import AGREEMENT_COLUMNS, agreement_cells, agreement_row
+
+                agreement_path = out / "agreement.csv"
+                fresh = new_log or not agreement_path.exists() or agreement_path.stat().st_size == 0
+                agreement_file = files.enter_context(open(agreement_path, "w" if fresh else "a", newline=""))
+                agreement_writer = csv.writer(agreement_file)
+                if fresh:
+                    agreement_writer.writerow(AGREEMENT_COLUMNS)
             while agent.updates < agent.total_updates:
                 try:
-                    stats = agent.step()
+                    if agreement_every and agent.updates % agreement_every == 0:
+                        agent.collect()  # measure on the batch the update is about to use, then update
+                        agreement_writer.writerow(agreement_cells(agreement_row(agent)))
+                        agreement_file.flush()
+                        stats = agent.update()
+                    else:
+                        stats = agent.step()
                 except NonFiniteLoss as e:
                     log_file.flush()
                     _status(out, "failed", error=str(e))
