@@ -67,6 +67,22 @@ bench: $(STAMP)
 train: $(STAMP)
 	$(PY) -m softq.rl train $(ARGS)
 
+# The A2C grid of Figures 1 and 3 (chapters 6 and 8): rules naive, proper, soft_q x seeds 0, 1, 2, 10M frames each,
+#   torch's RMSprop (chapter 6, section 6.4, says why), proper vs soft_q measured every 200 updates (agreement.csv).
+#   `make grid-pong` fills in what is missing of the Pong panel on this machine, two runs side by side, one core each:
+#   it skips finished runs, resumes paused ones and restarts partial ones (softq.rl.grid). ARGS="--dry-run" prints
+#   the plan; ARGS="--time-limit-minutes 80" stops cleanly in time. `make grid-atari`: the same grid for the paper's
+#   six games (a GPU machine: ARGS="--parallel 3").
+A2C_GRID := --rules naive,proper,soft_q --seeds 0,1,2 --frames 10000000 --optimizer rmsprop_torch \
+  --agreement-every 200 --fill --no-progress
+ATARI6 := BeamRiderNoFrameskip-v4,BreakoutNoFrameskip-v4,EnduroNoFrameskip-v4,PongNoFrameskip-v4,QbertNoFrameskip-v4,SeaquestNoFrameskip-v4
+.PHONY: grid-pong grid-atari
+grid-pong: $(STAMP)
+	$(PY) -m softq.rl train --env PongNoFrameskip-v4 $(A2C_GRID) --parallel 2 $(ARGS)
+
+grid-atari: $(STAMP)
+	$(PY) -m softq.rl train --envs $(ATARI6) $(A2C_GRID) $(ARGS)
+
 # `make lease`: the one prepared command for a lent GPU machine (tools/lease.sh; its header says how to call it with
 #   the device tool): install the carried wheels if needed, bench (<= 90 s), then A2C naive/proper/soft_q on Pong side
 #   by side for the rest of LEASE_SECONDS (default 540), packed into $OUT (default lease-out/) as <= 8 files < 16 MiB.

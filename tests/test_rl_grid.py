@@ -110,3 +110,16 @@ def test_a_locked_run_is_busy(tmp_path):
         with pytest.raises(RunBusy, match="another process"):
             train(_cfg(rule="naive"), out, progress=False)
     assert plan_run(_cfg(rule="naive"), out).action == "start"
+
+
+def test_several_envs_are_several_experiments(tmp_path, capsys):
+    """--envs: one experiment per environment (<algo>-<env>), the same grid in each; --experiment then refused."""
+    assert main(["train", "--envs", "CartPole-v1,Acrobot-v1", "--rules", "naive,proper", "--seeds", "0", *TINY,
+                 "--fill", "--dry-run", "--results", str(tmp_path)]) == 0
+    outs = [Path(ln.split()[1]) for ln in capsys.readouterr().err.splitlines()[:-1]]
+    assert [str(o.relative_to(tmp_path)) for o in outs] == [
+        "a2c-CartPole-v1/naive/seed0", "a2c-CartPole-v1/proper/seed0",
+        "a2c-Acrobot-v1/naive/seed0", "a2c-Acrobot-v1/proper/seed0"]
+    with pytest.raises(SystemExit):
+        main(["train", "--envs", "CartPole-v1,Acrobot-v1", "--experiment", "x", *TINY, "--fill", "--dry-run"])
+    assert "--experiment" in capsys.readouterr().err

@@ -63,9 +63,11 @@ def _parser(algo: str = "a2c") -> argparse.ArgumentParser:
     t.add_argument("--taus", type=_list(float), help="DQN: several temperatures of the soft targets")
     t.add_argument("--n-steps", type=_list(int), help="DQN: several lookaheads n")
     t.add_argument("--seeds", type=_list(int), help="several seeds, comma-separated")
+    t.add_argument("--envs", type=_list(str),
+                   help="several environments, comma-separated (e.g. the paper's six games), each its own experiment")
     t.add_argument("--out", type=Path, help="the run's folder (one run only); default results/<experiment>/...")
     t.add_argument("--results", type=Path, default=Path("results"), help="root of the results layout")
-    t.add_argument("--experiment", help="experiment name (default a2c-<env>)")
+    t.add_argument("--experiment", help="experiment name (default <algo>-<env>)")
     t.add_argument("--resume", action="store_true", help="continue from each run's checkpoint.pt")
     t.add_argument("--fill", action="store_true",
                    help="run what is missing of the grid: skip finished runs, resume those with a checkpoint, "
@@ -130,11 +132,15 @@ def main(argv: list[str] | None = None) -> int:
         for target in args.targets or [args.target]:
             for tau in ([args.tau] if target == "hard" else args.taus or [args.tau]):  # hard has no tau
                 variants += [{"target": target, "tau": tau, "n_step": n} for n in args.n_steps or [args.n_step]]
+    envs = args.envs or [args.env]
+    if args.envs and args.experiment and len(envs) > 1:
+        parser.error("--experiment names one experiment; with several --envs each is <algo>-<env>")
     cfgs = []
-    try:  # seed-major: seed 0 of every variant first, so that a comparison exists early
-        for seed in seeds:
-            for variant in variants:
-                cfgs.append(cls(**{**base, **variant, "seed": seed}))
+    try:  # seed-major within each env: seed 0 of every variant first, so that a comparison exists early
+        for env in envs:
+            for seed in seeds:
+                for variant in variants:
+                    cfgs.append(cls(**{**base, **variant, "env": env, "seed": seed}))
     except ValueError as e:
         parser.error(str(e))
     if args.dry_run and not args.fill:
@@ -143,10 +149,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--fill decides for each run whether to resume: leave out --resume")
     if args.parallel < 1:
         parser.error(f"--parallel must be >= 1, got {args.parallel}")
-    experiment = args.experiment or f"{args.algo}-{args.env}"
     if args.out is not None and len(cfgs) > 1:
         parser.error("--out names one run's folder; with several rules/seeds use --results and --experiment")
-    outs = [args.out] if args.out is not None else [run_dir(args.results, experiment, c.rule, c.seed) for c in cfgs]
+    outs = [args.out] if args.out is not None else [
+        run_dir(args.results, args.experiment or f"{args.algo}-{c.env}", c.rule, c.seed) for c in cfgs]
     if args.fill:
         from softq.rl.grid import describe, fill, plan
 
