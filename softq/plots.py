@@ -21,7 +21,7 @@ import numpy as np
 from softq import config
 
 __all__ = ["figure_dir", "savefig", "read_runs", "has_runs", "curve_stats", "plot_learning_curves",
-           "learning_curve_grid", "RULE_STYLE"]
+           "learning_curve_grid", "RULE_STYLE", "run_records", "config_spread", "budget_caption"]
 
 #: Colours and labels of the update rules in every learning-curve figure.
 RULE_STYLE = {"naive": ("C1", "naive (1-step entropy bonus, eq 79)"),
@@ -154,3 +154,59 @@ def learning_curve_grid(experiments: dict[str, str | Path], rules, *, ncols: int
         fig.suptitle(suptitle)
     fig.tight_layout()
     return fig, out
+
+
+def run_records(experiment: str | Path, rules) -> dict[tuple[str, int], dict]:
+    """``{(rule, seed): {"config", "versions", "machine", "status"}}`` of every run folder of ``experiment`` with a
+    ``config.json`` (:mod:`softq.rl.runs`' layout); ``status`` is ``status.json`` (empty if absent)."""
+    import json
+
+    out = {}
+    for rule in rules:
+        for d in sorted(Path(experiment, rule).glob("seed*")):
+            m = re.fullmatch(r"seed(\d+)", d.name)
+            if not (m and (d / "config.json").exists()):
+                continue
+            meta = json.loads((d / "config.json").read_text())
+            status = json.loads((d / "status.json").read_text()) if (d / "status.json").exists() else {}
+            out[rule, int(m.group(1))] = {**meta, "status": status}
+    return out
+
+
+def config_spread(records: dict[tuple[str, int], dict], *, ignore=("rule", "seed")) -> dict[str, list]:
+    """The Config fields whose values differ between the runs of ``records`` (:func:`run_records`), other than
+    ``ignore`` and the run-control fields (:data:`softq.rl.runs.RUN_CONTROL`, which do not change what is
+    computed): ``{field: [distinct values]}``. Empty when the runs are one configuration up to rule and seed."""
+    from softq.rl.runs import RUN_CONTROL
+
+    values: dict[str, set] = {}
+    for meta in records.values():
+        for k, v in meta["config"].items():
+            if k not in RUN_CONTROL and k not in ignore:
+                values.setdefault(k, set()).add(_json_key(v))
+    missing = {k for k in values for meta in records.values() if k not in meta["config"]}
+    return {k: sorted(vs, key=str) for k, vs in values.items() if len(vs) > 1 or k in missing}
+
+
+def _json_key(v):
+    """A hashable stand-in for a JSON value (lists become tuples)."""
+    return tuple(v) if isinstance(v, list) else v
+
+
+def budget_caption(records: dict[tuple[str, int], dict], paper_frames: float = 320e6) -> str:
+    """One line for a figure drawn from ``records``: frames reached per run against the paper's budget, the
+    machine, the optimizer and the wall time per run (from each run's ``status.json``)."""
+    if not records:
+        raise ValueError("budget_caption: no runs")
+    frames = [m["status"].get("frames", 0) for m in records.values()]
+    walls = [m["status"].get("wall_s") for m in records.values() if m["status"].get("wall_s")]
+    machines = sorted({f"{m['machine'].get('gpu') or m['machine']['cpu']} ({m['machine']['cores']} cores)"
+                       for m in records.values()})
+    optim = sorted({m["config"].get("optimizer", "?") for m in records.values()})
+    done = sum(m["status"].get("status") == "done" for m in records.values())
+    reach = (f"{min(frames) / 1e6:.1f}M" if min(frames) == max(frames)
+             else f"{min(frames) / 1e6:.1f}-{max(frames) / 1e6:.1f}M")
+    lo, hi = (round(min(walls) / 60), round(max(walls) / 60)) if walls else (0, 0)
+    wall = "" if not walls else f", {lo} min per run" if lo == hi else f", {lo}-{hi} min per run"
+    return (f"{len(records)} runs ({done} finished), {reach} frames each (paper: {paper_frames / 1e6:.0f}M); "
+            f"{', '.join(machines)}; optimizer {', '.join(optim)}{wall}")

@@ -94,3 +94,32 @@ def test_every_figure_2_variant_has_a_style():
     rules = [c.rule for c in variants]
     assert all(rule in RULE_STYLE for rule in rules)
     assert len({RULE_STYLE[rule][0] for rule in rules}) == len(rules)
+
+
+def _run(root, rule, seed, status, **cfg):
+    import json
+
+    d = root / rule / f"seed{seed}"
+    d.mkdir(parents=True)
+    base = {"rule": rule, "seed": seed, "lr": 7e-4, "optimizer": "rmsprop_torch", "torch_threads": 1, "frames": 10**7}
+    (d / "config.json").write_text(json.dumps({"config": {**base, **cfg},
+                                               "machine": {"cpu": "Some CPU", "cores": 2, "gpu": None}}))
+    (d / "status.json").write_text(json.dumps(status))
+
+
+def test_run_records_spread_and_caption(tmp_path):
+    """config_spread names the fields that differ (not rule, seed or run control); the caption gives frames
+    reached, the paper's budget, the machine, the optimizer and wall times."""
+    _run(tmp_path, "naive", 0, {"status": "done", "frames": 10**7, "wall_s": 4500})
+    _run(tmp_path, "proper", 0, {"status": "paused", "frames": 4 * 10**6, "wall_s": 1800}, torch_threads=2)
+    records = plots.run_records(tmp_path, ("naive", "proper", "soft_q"))
+    assert sorted(records) == [("naive", 0), ("proper", 0)]
+    assert plots.config_spread(records) == {}
+    caption = plots.budget_caption(records)
+    assert caption == ("2 runs (1 finished), 4.0-10.0M frames each (paper: 320M); Some CPU (2 cores); "
+                       "optimizer rmsprop_torch, 30-75 min per run"), caption
+    _run(tmp_path, "soft_q", 0, {"status": "done", "frames": 10**7, "wall_s": 4500}, lr=1e-3)
+    records = plots.run_records(tmp_path, ("naive", "proper", "soft_q"))
+    assert plots.config_spread(records) == {"lr": [0.0007, 0.001]}
+    with pytest.raises(ValueError, match="no runs"):
+        plots.budget_caption({})
