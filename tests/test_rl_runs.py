@@ -115,6 +115,35 @@ def test_bad_command_lines_are_rejected(argv, tmp_path, capsys):
     assert name.split("_")[0] in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("argv,name", [(["--game", "Zork"], "Zork"), (["--num-envs", "0"], "--num-envs"),
+                                       (["--what", "foo"], "foo"), (["--seconds", "0"], "--seconds"),
+                                       (["--reps", "0"], "--reps"), (["--side-by-side", "/no/such/tree"], "no/such")])
+def test_bad_bench_command_lines_are_rejected(argv, name, tmp_path, capsys):
+    """bench answers bad input with a usage error naming it (exit code 2), before measuring anything."""
+    with pytest.raises(SystemExit) as e:
+        main(["bench", *argv, "--out", str(tmp_path)])
+    assert e.value.code == 2
+    assert name in capsys.readouterr().err
+    assert not list(tmp_path.iterdir()), "nothing is written"
+
+
+@pytest.mark.parametrize("algo", ["a2c", "dqn"])
+def test_train_help_explains_every_option(algo, capsys):
+    """Every Config field's option has a meaning in --help (its comment in the Config's source), and the help of
+    one algorithm says where the other's options are."""
+    import dataclasses
+
+    from softq.rl.__main__ import field_help
+    from softq.rl.runs import config_class
+
+    helps = field_help(config_class(algo))
+    assert [f.name for f in dataclasses.fields(config_class(algo)) if not helps.get(f.name)] == []
+    with pytest.raises(SystemExit):
+        main(["train", "--algo", algo, "--help"])
+    out = capsys.readouterr().out
+    assert "the run's seed" in out and f"--algo {'dqn' if algo == 'a2c' else 'a2c'} --help" in out
+
+
 @pytest.mark.parametrize("rule", ["proper", "soft_q"])
 def test_cartpole_learns(rule, tmp_path):
     """A short CartPole run clearly learns (random play scores ~22): tuned for CartPole, not the Atari defaults

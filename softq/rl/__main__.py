@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
+import re
 import sys
 from pathlib import Path
 
@@ -50,14 +52,39 @@ def _algo(argv: list[str]) -> str:
     return pre.parse_known_args(argv)[0].algo
 
 
+_FIELD = re.compile(r"^    (\w+): [^=]+= .*?  # (.*)$")
+_MORE = re.compile(r"^    #\s{2,}(.*)$")
+
+
+def field_help(cls) -> dict[str, str]:
+    """``{field: its comment}`` from the source of a Config dataclass: the text after ``#`` on the field's line,
+    with the ``#   ...`` lines that follow it. What ``train --help`` shows for each option."""
+    out, last = {}, None
+    for line in inspect.getsource(cls).splitlines():
+        if m := _FIELD.match(line):
+            last = m.group(1)
+            out[last] = m.group(2).strip()
+        elif (m := _MORE.match(line)) and last is not None:
+            out[last] += " " + m.group(1).strip()
+        else:
+            last = None
+    return out
+
+
 def _parser(algo: str = "a2c") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m softq.rl", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
-    t = sub.add_parser("train", help="train one run, or several (rule, seed) runs")
-    for f in dataclasses.fields(config_class(algo)):
+    other = "dqn" if algo == "a2c" else "a2c"
+    t = sub.add_parser("train", help="train one run, or several (rule, seed) runs",
+                       description=f"Train {algo.upper()} runs. Every field of softq.rl.{algo}.Config is an option.",
+                       epilog=f"{other.upper()} has its own options: python -m softq.rl train --algo {other} --help")
+    cls = config_class(algo)
+    helps = field_help(cls)
+    for f in dataclasses.fields(cls):
         kind = type(f.default)
+        text = helps.get(f.name, "").replace("%", "%%")
         t.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=f.default,
-                       help=f"(default {f.default!r})")
+                       help=f"{text} (default {f.default!r})" if text else f"(default {f.default!r})")
     t.add_argument("--rules", type=_list(str), help=f"A2C: several rules, comma-separated, from {RULES}")
     t.add_argument("--targets", type=_list(str), help="DQN: several targets, comma-separated (hard,soft_kl,soft_ent)")
     t.add_argument("--taus", type=_list(float), help="DQN: several temperatures of the soft targets")
@@ -93,6 +120,39 @@ def _parser(algo: str = "a2c") -> argparse.ArgumentParser:
     return p
 
 
+def _bench(args, parser) -> int:
+    """``bench``: bad input is answered with a usage error naming the argument, not a traceback."""
+    for name in ("seconds",):
+        if not getattr(args, name) > 0:
+            parser.error(f"argument --{name}: must be > 0, got {getattr(args, name)}")
+    for name in ("num_envs", "reps"):
+        if getattr(args, name) < 1:
+            parser.error(f"argument --{name.replace('_', '-')}: must be >= 1, got {getattr(args, name)}")
+    if args.threads < 0:
+        parser.error(f"argument --threads: must be >= 0, got {args.threads}")
+    if any(n < 1 for n in args.dqn_num_envs):
+        parser.error(f"argument --dqn-num-envs: every number must be >= 1, got {args.dqn_num_envs}")
+    try:
+        if args.side_by_side is not None:
+            from softq.rl.bench import save_side_by_side, side_by_side
+
+            if not args.side_by_side.is_dir():
+                parser.error(f"argument --side-by-side: {args.side_by_side} is not a directory (a checkout of the "
+                             "old code: git worktree add OLD_TREE <commit>)")
+            what = tuple(w for w in args.what if w in ("a2c", "dqn"))
+            record = side_by_side(args.side_by_side, reps=args.reps, seconds=args.seconds, game=args.game,
+                                  num_envs=args.num_envs, dqn_num_envs=args.dqn_num_envs[0], what=what)
+            save_side_by_side(record, args.out, args.tag)
+            return 0
+        from softq.rl.bench import run_bench
+
+        run_bench(game=args.game, num_envs=args.num_envs, threads=args.threads, seconds=args.seconds,
+                  device=args.device, tag=args.tag, out_dir=args.out, what=args.what, dqn_num_envs=args.dqn_num_envs)
+    except ValueError as e:
+        parser.error(str(e))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     algo = _algo(argv)
@@ -100,20 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["train"] and algo not in ("a2c", "dqn"):
         parser.error(f"argument --algo: must be 'a2c' or 'dqn', got {algo!r}")
     args = parser.parse_args(argv)
-    if args.command == "bench" and args.side_by_side is not None:
-        from softq.rl.bench import save_side_by_side, side_by_side
-
-        what = tuple(w for w in args.what if w in ("a2c", "dqn"))
-        record = side_by_side(args.side_by_side, reps=args.reps, seconds=args.seconds, game=args.game,
-                              num_envs=args.num_envs, dqn_num_envs=args.dqn_num_envs[0], what=what)
-        save_side_by_side(record, args.out, args.tag)
-        return 0
     if args.command == "bench":
-        from softq.rl.bench import run_bench
-
-        run_bench(game=args.game, num_envs=args.num_envs, threads=args.threads, seconds=args.seconds,
-                  device=args.device, tag=args.tag, out_dir=args.out, what=args.what, dqn_num_envs=args.dqn_num_envs)
-        return 0
+        return _bench(args, parser)
 
     from softq.rl.a2c import NonFiniteLoss
     from softq.rl.runs import RunBusy, launch, run_dir, train

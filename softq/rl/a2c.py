@@ -68,25 +68,25 @@ class Config:
     """Every setting of a run. Defaults: the paper's Atari A2C. Bad values raise ValueError naming the field."""
 
     # what to run
-    algo: str = "a2c"
+    algo: str = "a2c"  # a2c (this Config) | dqn (softq.rl.dqn.Config: python -m softq.rl train --algo dqn)
     env: str = "PongNoFrameskip-v4"  # an Atari game (any ale-py ROM) or a classic-control id, e.g. CartPole-v1
     rule: str = "proper"  # naive (eq 79) | proper (eq 80) | soft_q (Section 6.3)
-    seed: int = 0
+    seed: int = 0  # the run's seed: torch, numpy and the environments' seeds (softq.rl.envs.env_seeds)
     frames: int = 10_000_000  # emulator frames where the run stops (4 per agent step on Atari; the paper: 320M)
     # the algorithm (the paper's A2C)
     penalty: str = "entropy"  # entropy: r + tau H (Figure 1's EntRL, Section 6.3) | kl: r - tau KL[pi || uniform]
-    num_envs: int = 16
+    num_envs: int = 16  # environments stepped side by side (B); a rollout is T x B transitions
     num_steps: int = 5  # rollout length T
     optimizer: str = "rmsprop_tf"  # rmsprop_tf: TensorFlow's (baselines'), softq.rl.optim | rmsprop_torch
-    lr: float = 7e-4
+    lr: float = 7e-4  # the learning rate at the start of the schedule
     lr_schedule: str = "linear"  # linear: to 0 at `schedule_frames` (baselines' a2c.learn) | constant (run_atari)
     schedule_frames: int = 320_000_000  # the schedule's horizon in frames (the paper's budget); 0: = `frames`
-    rms_alpha: float = 0.99
+    rms_alpha: float = 0.99  # RMSProp's decay of the squared-gradient average
     rms_eps: float = 1e-5  # TensorFlow's RMSProp adds eps inside the square root; torch's outside
-    gamma: float = 0.99
+    gamma: float = 0.99  # discount
     tau: float = 0.01  # temperature: the coefficient of the penalty
     value_coef: float = 0.5  # c in eq (86)
-    max_grad_norm: float = 0.5
+    max_grad_norm: float = 0.5  # the gradient is clipped to this global norm before each step
     policy_init_scale: float = 1.0  # orthogonal gain of the policy head (baselines 2017: 1.0; 2018 on: 0.01)
     hidden: int = 64  # MLP width (classic control only)
     precision: str = "fp32"  # fp32 | bf16: the network's forward and backward under bf16 autocast (losses fp32)

@@ -94,43 +94,42 @@ class Config:
     """Every setting of a DQN run; defaults: CleanRL's dqn_atari (module docstring). Bad values raise ValueError."""
 
     # what to run
-    algo: str = "dqn"
-    env: str = "PongNoFrameskip-v4"
+    algo: str = "dqn"  # dqn (this Config) | a2c (softq.rl.a2c.Config)
+    env: str = "PongNoFrameskip-v4"  # an Atari game (any ale-py ROM) or a classic-control id, e.g. CartPole-v1
     target: str = "hard"  # hard (eq 81) | soft_kl (eq 82, corrected) | soft_ent (eq 83, corrected)
     tau: float = 0.1  # temperature of the soft targets (the paper: 0.1 and 0.01); unused by hard
     n_step: int = 1  # lookahead n of the target (the paper: 1 and 5)
-    seed: int = 0
+    seed: int = 0  # the run's seed: torch, numpy and the environments' seeds (softq.rl.envs.env_seeds)
     frames: int = 10_000_000  # emulator frames where the run stops (4 per agent step on Atari)
     # the algorithm
-    num_envs: int = 8
+    num_envs: int = 8  # environments stepped side by side; one vector step is num_envs env steps
     buffer_size: int = 1_000_000  # transitions
-    batch_size: int = 32
-    lr: float = 1e-4
-    adam_eps: float = 1e-8
-    gamma: float = 0.99
+    batch_size: int = 32  # transitions per gradient step
+    lr: float = 1e-4  # Adam's learning rate
+    adam_eps: float = 1e-8  # Adam's epsilon
+    gamma: float = 0.99  # discount
     learning_starts: int = 80_000  # env steps before the first gradient step
     train_frequency: int = 4  # env steps per gradient step
     target_update: int = 1000  # env steps between copies of the online network into the target network
-    eps_start: float = 1.0
-    eps_end: float = 0.01
+    eps_start: float = 1.0  # epsilon-greedy: epsilon at the start of its schedule
+    eps_end: float = 0.01  # ... and at its end (then constant)
     exploration_fraction: float = 0.1  # fraction of the schedule's horizon over which epsilon decays linearly
-    # the horizon of epsilon's schedule, in frames: -1 (auto): 40M on Atari (Figure 2's budget), `frames` on classic
-    # control; 0: `frames` (the run's own length); > 0: that many frames
-    schedule_frames: int = -1
+    schedule_frames: int = -1  # the horizon of epsilon's schedule, in frames: -1 (auto): 40M on Atari
+    #   (Figure 2's budget), `frames` on classic control; 0: `frames` (the run's own length); > 0: that many frames
     loss: str = "mse"  # mse: soft_q_loss, 1/2 (Q - y)^2 (eq 44) | huber: smooth L1, delta 1
     max_grad_norm: float = 0.0  # 0: no clipping (CleanRL)
     hidden: int = 64  # MLP width (classic control only)
     precision: str = "fp32"  # fp32 | bf16: the convolutions under bf16 autocast (DQN.q_values); the rest float32
     # where and how
-    device: str = "auto"
+    device: str = "auto"  # auto (CUDA if present) | cpu | cuda | cuda:1
     cuda_graph: str = "auto"  # auto: on with CUDA, off on CPU | on | off
-    env_threads: int = 0
-    torch_threads: int = 0
+    env_threads: int = 0  # ALE threads; 0: min(num_envs, cores)
+    torch_threads: int = 0  # torch intra-op threads; 0: automatic (softq.rl.a2c.auto_torch_threads)
     checkpoint_replay_mb: float = 256.0  # save the replay in checkpoints when it is at most this large (and the envs)
     log_every: int = 1000  # vector steps between CSV rows
-    checkpoint_minutes: float = 5.0
+    checkpoint_minutes: float = 5.0  # wall-clock minutes between checkpoints (0: only by count and at the end)
     checkpoint_every: int = 0  # vector steps between checkpoints (0: off); for tests
-    time_limit_minutes: float = 0.0
+    time_limit_minutes: float = 0.0  # stop (after a checkpoint) when this much time has passed; 0: no limit
 
     def __post_init__(self) -> None:
         def bad(name: str, why: str) -> ValueError:
