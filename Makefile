@@ -50,8 +50,11 @@ nbval: $(STAMP)
 
 test: lint unit nbval
 
+# Lab runs from the project's root, so that jupytext finds jupytext.toml and pairs each chapter with its .ipynb
+# (outputs survive reopening); it opens on notebooks/. As root (containers) Lab needs --allow-root.
 lab: $(STAMP)
-	$(VENV)/bin/jupyter lab --notebook-dir=notebooks
+	$(VENV)/bin/jupyter lab --notebook-dir=. --ServerApp.default_url=/lab/tree/notebooks \
+	  $(if $(filter 0,$(shell id -u)),--allow-root) $(ARGS)
 
 clean:
 	rm -rf build

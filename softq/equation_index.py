@@ -315,9 +315,13 @@ def errata(records: Iterable[dict]) -> list[Erratum]:
     return out
 
 
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]<>|#~])")
+
+
 def escape_cell(text: str) -> str:
-    """``text`` made safe for one Markdown table cell (pipes escaped, newlines joined)."""
-    return str(text).replace("|", "\\|").replace("\n", " ")
+    """``text`` as literal text in one Markdown table cell: newlines joined, and every character Markdown would read
+    (emphasis ``* _``, links ``[ ]``, code, HTML, pipes) backslash-escaped, so ``[T_pi^n V](s)`` stays text."""
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", str(text).replace("\n", " "))
 
 
 def _methods(methods: dict[str, int]) -> str:

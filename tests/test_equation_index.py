@@ -71,8 +71,9 @@ def test_markdown_index_one_row_per_equation_and_escapes_pipes():
     md = ei.markdown_index(rows)
     body = md.splitlines()[2:]
     assert [int(line.split("|")[1]) for line in body] == list(range(1, 91))
-    assert "KL[p\\|\\|q]" in md and "not yet checked" in body[10]
+    assert "KL\\[p\\|\\|q\\]" in md and "not yet checked" in body[10]
     assert ei.escape_cell("a|b\nc") == "a\\|b c"
+    assert ei.escape_cell("[T_pi^n V](s), *x*") == r"\[T\_pi^n V\](s), \*x\*"  # no link, no emphasis
 
 
 def test_bad_records_and_eq_numbers_raise():

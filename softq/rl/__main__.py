@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         return _bench(args, parser)
 
     from softq.rl.a2c import NonFiniteLoss
-    from softq.rl.runs import RunBusy, launch, run_dir, train
+    from softq.rl.runs import RunBusy, launch, outcome, run_dir, shown, train
 
     cls = config_class(args.algo)
     seeds = args.seeds or [args.seed]
@@ -220,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         except (FileExistsError, ValueError, RunBusy) as e:
             parser.error(str(e))
-        print(f"[{outs[0]}] {result}")
+        print(f"[{shown(outs[0])}] {outcome(result)}")
         return 0
     failed = launch(list(zip(cfgs, outs, strict=True)), resume=args.resume, parallel=args.parallel,
                     progress=not args.no_progress)

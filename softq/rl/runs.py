@@ -55,8 +55,8 @@ from softq import config as softq_config
 from softq.rl.a2c import A2C, Config, NonFiniteLoss, auto_torch_threads
 from softq.rl.envs import protocol
 
-__all__ = ["COLUMNS", "RUN_CONTROL", "RunBusy", "run_dir", "versions", "machine", "config_class", "make_agent", "train",
-           "launch", "core_slots", "split_threads"]
+__all__ = ["COLUMNS", "RUN_CONTROL", "RunBusy", "run_dir", "shown", "outcome", "versions", "machine", "config_class",
+           "make_agent", "train", "launch", "core_slots", "split_threads"]
 
 COLUMNS = ("frames", "updates", "episodes", "score_mean100", "score_count", "loss", "policy_loss", "value_loss",
            "q_loss", "entropy", "kl", "grad_norm", "lr", "sps", "wall_s")
@@ -129,6 +129,23 @@ def machine() -> dict[str, Any]:
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return {"hostname": socket.gethostname(), "platform": platform.platform(), "cpu": cpu,
             "cores": os.cpu_count(), "gpu": gpu}
+
+
+def shown(path: str | Path) -> str:
+    """``path`` as messages show it: relative to the project's root when inside it (no machine's absolute paths
+    in a chapter's output), else as given."""
+    p = Path(path).resolve()
+    try:
+        return str(p.relative_to(softq_config.ROOT))
+    except ValueError:
+        return str(path)
+
+
+def outcome(result: dict[str, Any]) -> str:
+    """A run's final status dict (:func:`train`'s) in one line: status, frames, games and last-100 mean score."""
+    score = result.get("score_mean100")
+    score = "no game finished" if score is None or not math.isfinite(score) else f"last-100 mean score {score:.1f}"
+    return f"{result['status']}: {result['frames']} frames, {result['episodes']} games, {score}"
 
 
 def _atomic_write_bytes(path: Path, write) -> None:
@@ -247,11 +264,11 @@ def _train(cfg, out: Path, *, resume: bool, progress: bool) -> dict[str, Any]:
                            "frames_per_step": agent.env.frames_per_step,
                            "total_updates": agent.total_updates, "starts": starts})
     if envs_restored is False:
-        print(f"[{out}] resumed at update {agent.updates}: Atari emulator states are not saved, the games in "
+        print(f"[{shown(out)}] resumed at update {agent.updates}: Atari emulator states are not saved, the games in "
               "progress were lost and new games started", file=sys.stderr)
     if state is not None and getattr(agent, "info", {}).get("replay_restored") is False:
-        print(f"[{out}] resumed at update {agent.updates}: the replay was not saved (too large); it refills with "
-              f"{agent.info['replay_refill_env_steps']} fresh env steps before training goes on", file=sys.stderr)
+        print(f"[{shown(out)}] resumed at update {agent.updates}: the replay was not saved (too large); it refills "
+              f"with {agent.info['replay_refill_env_steps']} fresh env steps before training goes on", file=sys.stderr)
     new_log = state is None
     wall0 = state["wall_s"] if state is not None else 0.0
     t_start = time.perf_counter()
@@ -272,7 +289,10 @@ def _train(cfg, out: Path, *, resume: bool, progress: bool) -> dict[str, Any]:
         _atomic_write_bytes(ckpt_path, lambda f: torch.save(payload, f))
 
     _status(out, "running", update=agent.updates)
-    from tqdm.auto import tqdm
+    if progress:  # tqdm.auto picks the notebook bar in Jupyter (which warns without ipywidgets): only when shown
+        from tqdm.auto import tqdm
+    else:
+        from tqdm import tqdm
 
     bar = tqdm(total=agent.total_updates * agent.frames_per_update, initial=agent.frames, unit="frame",
                unit_scale=True, disable=not progress, desc=f"{cfg.rule} s{cfg.seed} {cfg.env}", dynamic_ncols=True)
@@ -371,7 +391,7 @@ def launch(cfgs: list[tuple[Any, Path]], *, resume: bool | list[bool], parallel:
             try:
                 train(cfg, out, resume=res, progress=progress)
             except (NonFiniteLoss, RunBusy) as e:
-                print(f"[{out}] FAILED: {e}", file=sys.stderr)
+                print(f"[{shown(out)}] FAILED: {e}", file=sys.stderr)
                 failed += 1
         return failed
     slots = core_slots(parallel)
@@ -385,7 +405,7 @@ def launch(cfgs: list[tuple[Any, Path]], *, resume: bool | list[bool], parallel:
             cmd = [sys.executable, "-m", "softq.rl", "train", *_cli_args(cfg), "--out", str(out), "--no-progress"]
             if res:
                 cmd.append("--resume")
-            print(f"[{out}] started on cores {cores}", file=sys.stderr)
+            print(f"[{shown(out)}] started on cores {cores}", file=sys.stderr)
             pin = (lambda c=cores: os.sched_setaffinity(0, c)) if hasattr(os, "sched_setaffinity") else None
             running.append((subprocess.Popen(cmd, preexec_fn=pin), out, free))
         time.sleep(0.5)
@@ -393,7 +413,7 @@ def launch(cfgs: list[tuple[Any, Path]], *, resume: bool | list[bool], parallel:
             if proc.poll() is not None:
                 running.remove((proc, out, slot))
                 failed += proc.returncode != 0
-                print(f"[{out}] finished with exit code {proc.returncode}", file=sys.stderr)
+                print(f"[{shown(out)}] finished with exit code {proc.returncode}", file=sys.stderr)
     return failed
 
 
