@@ -16,6 +16,7 @@ import re
 from pathlib import Path
 
 import matplotlib
+import matplotlib.ticker
 import numpy as np
 
 from softq import config
@@ -127,14 +128,18 @@ def plot_learning_curves(ax, experiment: str | Path, rules, *, y: str = "score_m
         summary[rule] = {"n_seeds": n, "final_mean": float(mean[-1]), "final_std": float(std[-1]),
                          "frames": float(x[-1])}
     ax.set_xlabel("frames")
+    ax.xaxis.set_major_formatter(matplotlib.ticker.EngFormatter(sep=""))  # 150k, 2M, 10M
     ax.set_ylabel("mean score, last 100 games" if y == "score_mean100" else y)
     return summary
 
 
 def learning_curve_grid(experiments: dict[str, str | Path], rules, *, ncols: int = 3, y: str = "score_mean100",
-                        ddof: int = 1, suptitle: str | None = None):
+                        ddof: int = 1, suptitle: str | None = None, caption=()):
     """One panel per experiment (e.g. per Atari game: ``{"Pong": results/a2c-PongNoFrameskip-v4, ...}``), the
-    paper's layout. Returns ``(fig, {title: plot_learning_curves summary})``."""
+    paper's layout, with the legend under the panels (never over a curve) and under it the ``caption`` lines
+    (wrapped; e.g. :func:`budget_caption`). Returns ``(fig, {title: plot_learning_curves summary})``."""
+    import textwrap
+
     import matplotlib.pyplot as plt
 
     if not experiments:
@@ -142,17 +147,29 @@ def learning_curve_grid(experiments: dict[str, str | Path], rules, *, ncols: int
     n = len(experiments)
     ncols = min(ncols, n)
     nrows = -(-n // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.3 * nrows), squeeze=False)
+    panels_h = 3.3 * nrows
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, panels_h), squeeze=False)
     out = {}
     for ax, (title, path) in zip(axes.flat, experiments.items(), strict=False):
         out[title] = plot_learning_curves(ax, path, rules, y=y, ddof=ddof)
         ax.set_title(title)
     for ax in list(axes.flat)[n:]:
         ax.set_visible(False)
-    axes.flat[0].legend(fontsize=7, loc="best")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    legend_cols = 1 if ncols == 1 else min(len(labels), ncols) or 1
+    legend_h = -(-len(labels) // legend_cols) * 7 * 1.5 / 72  # inches: rows of 7-point text
+    width = max(40, int(4.6 * ncols * 72 / (0.6 * 6.5)))  # characters per caption line at 6.5 points
+    text = "\n".join(textwrap.fill(line, width) for line in caption)
+    caption_h = (text.count("\n") + 1) * 6.5 * 1.3 / 72 if text else 0.0
+    footer = legend_h + caption_h + 0.12
+    fig.set_figheight(panels_h + footer)
     if suptitle:
         fig.suptitle(suptitle)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, footer / (panels_h + footer), 1, 1))
+    fig.legend(handles, labels, loc="upper left", bbox_to_anchor=(0.01, (footer - 0.04) / (panels_h + footer)),
+               ncol=legend_cols, fontsize=7, frameon=False)
+    if text:
+        fig.text(0.01, 0.04 / (panels_h + footer), text, fontsize=6.5, va="bottom", ha="left")
     return fig, out
 
 
