@@ -559,3 +559,18 @@ def test_bf16_trains_with_float32_values_and_loss():
     assert all(math.isfinite(stats[k]) for k in ("loss", "q_mean", "target_mean", "grad_norm"))
     assert any(not torch.equal(p, b) for p, b in zip(agent.net.parameters(), before, strict=True))
     agent.assert_finite()
+
+
+def test_pong_cpu_preset_is_tianshous_schedule():
+    """PONG_CPU (Tianshou's atari_dqn.py): epsilon 1 -> 0.05 over the first 1M env steps, then constant; one gradient
+    step per 10 env steps; the target copied every 5000 env steps (500 gradient steps)."""
+    from softq.rl.dqn import PONG_CPU
+
+    agent = DQN(Config(**{**ATARI, **PONG_CPU, "buffer_size": 600, "frames": 8_000_000}))  # a small replay here
+    agent.env.close()
+    assert agent.epsilon_decay_env_steps == 1_000_000
+    for k, eps in ((0, 1.0), (500_000, 0.525), (1_000_000, 0.05), (1_500_000, 0.05)):
+        agent.env_steps = k
+        assert agent.epsilon() == pytest.approx(eps, abs=1e-12), k
+    cfg = agent.cfg
+    assert cfg.target_update / cfg.train_frequency == 500 and cfg.num_envs == 10 and PONG_CPU["buffer_size"] == 100_000

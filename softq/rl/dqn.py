@@ -78,12 +78,25 @@ from softq.rl.envs import CLASSIC_ENVS, VecEnv, is_atari, make_env
 from softq.rl.nets import make_q_net
 from softq.rl.replay import FrameReplay
 
-__all__ = ["TARGETS", "PRECISIONS", "ATARI_SCHEDULE_FRAMES", "COLUMNS", "Config", "DQN", "dqn_loss",
+__all__ = ["TARGETS", "PRECISIONS", "ATARI_SCHEDULE_FRAMES", "PONG_CPU", "COLUMNS", "Config", "DQN", "dqn_loss",
            "bootstrap_index"]
 
 TARGETS = regularized.DQN_BACKUPS  # ("hard", "soft_kl", "soft_ent")
 #: The horizon of epsilon's schedule on Atari (``schedule_frames = -1``): the paper's DQN budget (Figure 2, 40M frames)
 ATARI_SCHEDULE_FRAMES = 40_000_000
+#: A DQN configuration that learns Pong within a CPU budget (Figure 2's Pong panel on a 2-core machine): the
+#: settings of Tianshou's ``examples/atari/atari_dqn.py`` (thu-ml/tianshou; its README: Pong to a best reward of 20
+#: in about 15 epochs of 100k env steps, i.e. 1.5M env steps = 6M frames). 10 environments, replay of 100k
+#: transitions, Adam lr 1e-4, batch 32, one gradient step per 10 env steps (``update_per_step=0.1``), the target
+#: network copied every 500 gradient steps (= 5000 env steps), learning from 320 env steps on, epsilon 1.0 -> 0.05
+#: over the first 1M env steps (4M frames), then constant. Differences from Tianshou, kept so that the variants stay
+#: Figure 2's: the lookahead ``n_step`` is each variant's (1 or 5; Tianshou's default is 3), the target is the
+#: variant's (Tianshou's ``DQNPolicy`` defaults to double Q-learning), and the loss is ``1/2 (Q - y)^2`` (Tianshou:
+#: ``(Q - y)^2``; Adam makes the factor almost immaterial). CleanRL's settings stay the defaults of :class:`Config`
+#: (``make train`` with a GPU). Not yet trained here: the first Pong runs decide whether it learns Pong in budget.
+PONG_CPU = {"num_envs": 10, "buffer_size": 100_000, "batch_size": 32, "lr": 1e-4, "learning_starts": 320,
+            "train_frequency": 10, "target_update": 5000, "eps_start": 1.0, "eps_end": 0.05,
+            "exploration_fraction": 1.0, "schedule_frames": 4_000_000}
 #: progress.csv columns of a DQN run (``updates`` counts vector steps, ``grad_steps`` gradient steps).
 COLUMNS = ("frames", "updates", "grad_steps", "episodes", "score_mean100", "score_count", "loss", "q_mean",
            "target_mean", "grad_norm", "epsilon", "lr", "sps", "wall_s")
