@@ -220,3 +220,35 @@ def test_bad_hyperparameters_raise():
                          ({"momentum": -0.1}, "momentum"), ({"lr": torch.ones(2)}, "lr")]:
         with pytest.raises(ValueError, match=name):
             RMSpropTF(p, **kwargs)
+
+
+def test_gradient_report_finds_silent_weights_and_dead_units():
+    """A filter bank whose filter 1 never gets a gradient: the report counts it dead; the step ratio is torch's
+    (sqrt(ms) + eps) over TF's sqrt(ms + eps)."""
+    from softq.rl.optim import gradient_report
+
+    ms = torch.full((3, 2, 2, 2), 1e-6)
+    ms[1] = 0.0
+    (row,) = gradient_report(["conv.weight"], [ms], eps=1e-5)
+    assert row["dead_outputs"] == 1 and row["outputs"] == 3 and row["silent"] == pytest.approx(1 / 3)
+    assert row["torch_over_tf_median"] == pytest.approx((1e-3 + 1e-5) / (1e-6 + 1e-5) ** 0.5)
+    with pytest.raises(ValueError, match="names"):
+        gradient_report(["a", "b"], [ms], eps=1e-5)
+
+
+def test_inspect_writes_gradients_json_of_a_run(tmp_path, capsys):
+    import json
+
+    from softq.rl.__main__ import main
+
+    run = tmp_path / "run"
+    assert main(["train", "--env", "CartPole-v1", "--frames", "400", "--num-envs", "4", "--torch-threads", "1",
+                 "--no-progress", "--out", str(run)]) == 0
+    assert main(["inspect", str(run)]) == 0
+    report = json.loads((run / "gradients.json").read_text())
+    assert report["updates"] == 20 and report["optimizer"] == "rmsprop_tf"
+    assert [r["name"] for r in report["layers"]][0].endswith("weight") and all(
+        len(r["rms_quantiles"]) == 5 for r in report["layers"])
+    with pytest.raises(SystemExit):
+        main(["inspect", str(tmp_path / "nothing")])
+    assert "no checkpoint.pt" in capsys.readouterr().err

@@ -102,6 +102,11 @@ def _parser(algo: str = "a2c") -> argparse.ArgumentParser:
     t.add_argument("--dry-run", action="store_true", help="with --fill: print the plan, run nothing")
     t.add_argument("--parallel", type=int, default=1, help="runs at once, as subprocesses (default 1: in turn)")
     t.add_argument("--no-progress", action="store_true", help="no tqdm bar")
+    i = sub.add_parser("inspect", help="what an A2C run's RMSProp state says about its gradients (gradients.json)",
+                       description="For each run folder, read checkpoint.pt and write gradients.json beside it: per "
+                                   "parameter tensor, the RMS of recent gradients, the silent weights and dead units, "
+                                   "and torch's step over TensorFlow's (softq.rl.optim.gradient_report).")
+    i.add_argument("runs", nargs="+", type=Path, help="run folders (results/<experiment>/<rule>/seed<k>)")
     b = sub.add_parser("bench", help="env and training throughput (results/bench/<tag>.json)")
     b.add_argument("--game", default="pong")
     b.add_argument("--num-envs", type=int, default=16)
@@ -118,6 +123,25 @@ def _parser(algo: str = "a2c") -> argparse.ArgumentParser:
                         "alternating, --reps times each; saved under 'side_by_side' in the machine's file")
     b.add_argument("--reps", type=int, default=3, help="repetitions of each --side-by-side measurement")
     return p
+
+
+def _inspect(args, parser) -> int:
+    """``inspect``: write ``gradients.json`` into each run folder from its checkpoint."""
+    import json
+
+    from softq.rl.optim import checkpoint_gradient_report
+
+    for run in args.runs:
+        if not (run / "checkpoint.pt").exists():
+            parser.error(f"argument runs: {run} has no checkpoint.pt (checkpoints stay on the machine that trained)")
+        try:
+            report = checkpoint_gradient_report(run / "checkpoint.pt")
+        except ValueError as e:
+            parser.error(str(e))
+        (run / "gradients.json").write_text(json.dumps(report, indent=1) + "\n")
+        dead = {r["name"]: f"{r['dead_outputs']}/{r['outputs']}" for r in report["layers"] if r.get("dead_outputs")}
+        print(f"[{run}] update {report['updates']}: dead output units {dead or 'none'}")
+    return 0
 
 
 def _bench(args, parser) -> int:
@@ -162,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "bench":
         return _bench(args, parser)
+    if args.command == "inspect":
+        return _inspect(args, parser)
 
     from softq.rl.a2c import NonFiniteLoss
     from softq.rl.runs import RunBusy, launch, outcome, run_dir, shown, train

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["OPTIMIZERS", "RMSpropTF", "make_optimizer"]
+__all__ = ["OPTIMIZERS", "RMSpropTF", "make_optimizer", "SILENT", "gradient_report", "checkpoint_gradient_report"]
 
 #: Names :func:`make_optimizer` accepts: TF1's RMSProp (baselines' A2C, the paper's) and torch's.
 OPTIMIZERS = ("rmsprop_tf", "rmsprop_torch")
@@ -176,3 +176,61 @@ def make_optimizer(name: str, params: Iterable[Tensor], lr: float, alpha: float,
     if name == "rmsprop_torch":
         return torch.optim.RMSprop(params, lr=lr, alpha=alpha, eps=eps)
     raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {name!r}")
+
+
+#: A weight whose RMSProp average of g**2 is below SILENT**2 has had no gradient for thousands of updates: its
+#: average decays by alpha per update from at least ~1e-20 (alpha = 0.99: 0.99**4000 ~ 4e-18).
+SILENT = 1e-15
+
+
+def gradient_report(names: list[str], square_avgs: list[Tensor], eps: float) -> list[dict[str, Any]]:
+    """What an RMSProp state says about a run's gradients, per parameter tensor (``names[i]``, ``square_avgs[i]``:
+    the running mean of ``g**2``, the ``square_avg`` of either optimizer, same order):
+
+    - ``rms_quantiles``: the 5/25/50/75/95% quantiles over the tensor's weights of ``sqrt(square_avg)``, the RMS of
+      each weight's recent gradients;
+    - ``silent``: the fraction of weights with RMS below :data:`SILENT` (no gradient for thousands of updates);
+      ``dead_outputs``: for a weight matrix or filter bank, the output units (rows / filters) all of whose weights
+      are silent (a dead ReLU unit: it never activates, so nothing flows back), and ``outputs``;
+    - ``torch_over_tf_median``: the median over weights of torch's step over TF's for the same gradient history,
+      ``(sqrt(ms) + eps) / sqrt(ms + eps)`` (< 1: TF's eps inside the root shrinks the step).
+
+    Float64 statistics; quantiles from at most 1M weights (an even subsample of larger tensors)."""
+    if len(names) != len(square_avgs):
+        raise ValueError(f"names: {len(names)} names for {len(square_avgs)} tensors")
+    out = []
+    q = torch.tensor([0.05, 0.25, 0.5, 0.75, 0.95], dtype=torch.float64)
+    for name, ms in zip(names, square_avgs, strict=True):
+        v = ms.detach().double().cpu().clamp_min(0)
+        rms = v.sqrt()
+        flat = rms.reshape(-1)
+        sample = flat[:: max(1, flat.numel() // 1_000_000)]
+        ratio = (sample + eps) / (sample.square() + eps).sqrt()
+        row = {"name": name, "shape": list(v.shape), "weights": v.numel(),
+               "rms_quantiles": [float(x) for x in torch.quantile(sample, q)],
+               "silent": float((flat < SILENT).double().mean()),
+               "torch_over_tf_median": float(ratio.median())}
+        if v.dim() >= 2:
+            per_unit = rms.reshape(v.shape[0], -1).amax(1)
+            row.update(outputs=v.shape[0], dead_outputs=int((per_unit < SILENT).sum()))
+        out.append(row)
+    return out
+
+
+def checkpoint_gradient_report(path, eps: float | None = None) -> dict[str, Any]:
+    """:func:`gradient_report` of a :mod:`softq.rl.runs` A2C checkpoint (its network's parameter names, its
+    optimizer's ``square_avg``); ``eps`` defaults to the run's ``rms_eps``. Adds the run's update count."""
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    agent, cfg = state["agent"], state["config"]
+    if cfg.get("algo", "a2c") != "a2c":
+        raise ValueError(f"{path}: an {cfg.get('algo')} checkpoint; the gradient report reads A2C's RMSProp state")
+    opt = agent["opt"]
+    ids = [i for group in opt["param_groups"] for i in group["params"]]
+    names = [k for k, t in agent["net"].items() if t.is_floating_point()][: len(ids)]
+    missing = [i for i in ids if "square_avg" not in opt["state"].get(i, {})]
+    if missing or len(names) != len(ids):
+        raise ValueError(f"{path}: the optimizer state has no square_avg for every parameter (or the names do not "
+                         "match); was the run updated at least once?")
+    return {"updates": agent["updates"], "optimizer": cfg.get("optimizer"), "rms_eps": cfg.get("rms_eps"),
+            "layers": gradient_report(names, [opt["state"][i]["square_avg"] for i in ids],
+                                      cfg.get("rms_eps", 1e-5) if eps is None else eps)}
