@@ -22,7 +22,8 @@ import numpy as np
 from softq import config
 
 __all__ = ["figure_dir", "savefig", "read_runs", "has_runs", "curve_stats", "plot_learning_curves",
-           "learning_curve_grid", "RULE_STYLE", "run_records", "config_spread", "budget_caption"]
+           "learning_curve_grid", "RULE_STYLE", "run_records", "config_spread", "budget_caption",
+           "plot_runs"]
 
 #: Colours and labels of the update rules in every learning-curve figure.
 RULE_STYLE = {"naive": ("C1", "naive (1-step entropy bonus, eq 79)"),
@@ -171,6 +172,22 @@ def learning_curve_grid(experiments: dict[str, str | Path], rules, *, ncols: int
     if text:
         fig.text(0.01, 0.04 / (panels_h + footer), text, fontsize=6.5, va="bottom", ha="left")
     return fig, out
+
+
+def plot_runs(ax, runs: dict[str, str | Path], *, y: str = "score_mean100") -> dict[str, dict[str, float]]:
+    """Draw single runs given by folder (``{label: results/<experiment>/<rule>/seed<k>}``), for comparisons across
+    experiments; return ``{label: {"frames", "final"}}`` (the last logged point)."""
+    summary = {}
+    for k, (label, d) in enumerate(runs.items()):
+        xs, ys = _read_csv(Path(d) / "progress.csv", "frames", y)
+        if not len(xs):
+            raise ValueError(f"{d}: progress.csv has no rows")
+        ax.plot(xs, ys, color=f"C{k}", lw=1.5, label=label)
+        summary[label] = {"frames": float(xs[-1]), "final": float(ys[-1])}
+    ax.set_xlabel("frames")
+    ax.xaxis.set_major_formatter(matplotlib.ticker.EngFormatter(sep=""))
+    ax.set_ylabel("mean score, last 100 games" if y == "score_mean100" else y)
+    return summary
 
 
 def run_records(experiment: str | Path, rules) -> dict[tuple[str, int], dict]:
