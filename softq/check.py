@@ -187,8 +187,9 @@ def check_sym(
 ) -> CheckRecord:
     """Assert two SymPy expressions are identical: ``sympy.simplify(got - want) == 0``.
 
-    SymPy's ``simplify`` can miss a true identity but never proves a false one, so a passing check is a proof
-    of the identity (under the symbols' declared assumptions, e.g. ``positive=True``).
+    ``simplify`` is a heuristic: it may fail to reduce a true identity to 0 (a failing check then means "not
+    shown", not "false"), and a 0 it returns is as sound as the rewriting rules SymPy applied, under the symbols'
+    declared assumptions (e.g. ``positive=True``): strong evidence, not a formal proof.
     """
     import sympy as sp
 

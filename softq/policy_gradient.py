@@ -187,8 +187,9 @@ def naive_advantage(mdp: tb.MDP, pi: torch.Tensor) -> torch.Tensor:
 
 
 def expected_estimator(theta: torch.Tensor, state_weights: torch.Tensor, advantage: torch.Tensor, tau: float,
-                       pi_bar: torch.Tensor | None = None) -> torch.Tensor:
+                       pi_bar: torch.Tensor | None = None, *, kl_gradient: bool = True) -> torch.Tensor:
     """Exact ``E[sum_t (grad log pi_theta(a_t|s_t) A_t - tau grad KL(s_t))]``: ``[S, A]``.
+    ``kl_gradient=False`` leaves out the ``- tau grad KL(s_t)`` term (eq 52 as typed).
 
     ``state_weights[s] = sum_t P(s_t = s)`` (e.g. :func:`state_occupancy`), ``a_t ~ pi_theta``, and
     ``advantage[s, a] = E[A_t | s_t = s, a_t = a]``. Computed as ``-grad`` of the expected eq-84 surrogate
@@ -207,6 +208,8 @@ def expected_estimator(theta: torch.Tensor, state_weights: torch.Tensor, advanta
     theta = theta.detach().to(DTYPE).requires_grad_(True)
     log_pi = log_policy(theta)
     kl_s = kl(log_pi.exp(), pi_bar)[:, None].expand_as(log_pi)
+    if not kl_gradient:
+        kl_s = kl_s.detach()  # the penalty's value stays in the surrogate, its gradient goes
     loss = policy_gradient_loss(log_pi, advantage.to(DTYPE), kl_s, tau)           # [S, A], eq (84) per (s, a)
     weight = state_weights.detach().to(DTYPE)[:, None] * log_pi.detach().exp()  # P(s_t = s, a_t = a) summed over t
     (grad,) = torch.autograd.grad((weight * loss).sum(), theta)

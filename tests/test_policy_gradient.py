@@ -199,3 +199,18 @@ def test_bad_arguments_raise_value_errors_naming_them():
         pg.gradient_ascent(ep, theta, 1.0, None, mu0, lambda th: th, 3, 0.0)
     with pytest.raises(ValueError, match="dones"):
         pg.first_episode_mask(torch.zeros(3, dtype=torch.bool))
+
+
+@FAST
+@given(episodic())
+def test_expected_estimator_without_the_kl_gradient_is_eq_52_as_typed(problem):
+    """kl_gradient=False leaves out exactly -tau sum_s w(s) grad KL(s): the difference is tau times the gradient
+    of the weighted KL, computed here by autograd on its own."""
+    mdp, theta, pi_bar, tau, mu0 = problem
+    occ = pg.state_occupancy(mdp, pg.policy(theta), mu0)
+    adv = pg.proper_advantage(mdp, pg.policy(theta), tau, pi_bar)
+    typed = pg.expected_estimator(theta, occ, adv, tau, pi_bar, kl_gradient=False)
+    full = pg.expected_estimator(theta, occ, adv, tau, pi_bar)
+    leaf = theta.detach().clone().requires_grad_(True)
+    (grad_kl,) = torch.autograd.grad((occ * kl(pg.policy(leaf), pi_bar)).sum(), leaf)
+    torch.testing.assert_close(typed - full, tau * grad_kl, rtol=0, atol=1e-10)
