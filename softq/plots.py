@@ -128,10 +128,15 @@ def plot_learning_curves(ax, experiment: str | Path, rules, *, y: str = "score_m
         ax.fill_between(x, mean - std, mean + std, color=color, alpha=0.25, lw=0)
         summary[rule] = {"n_seeds": n, "final_mean": float(mean[-1]), "final_std": float(std[-1]),
                          "frames": float(x[-1])}
-    ax.set_xlabel("frames")
-    ax.xaxis.set_major_formatter(matplotlib.ticker.EngFormatter(sep=""))  # 150k, 2M, 10M
-    ax.set_ylabel("mean score, last 100 games" if y == "score_mean100" else y)
+    _label_axes(ax, y)
     return summary
+
+
+def _label_axes(ax, y: str) -> None:
+    """Frames on x (as 150k, 2M, 10M) and the logged quantity ``y`` on the y axis of a learning-curve panel."""
+    ax.set_xlabel("frames")
+    ax.xaxis.set_major_formatter(matplotlib.ticker.EngFormatter(sep=""))
+    ax.set_ylabel("mean score, last 100 games" if y == "score_mean100" else y)
 
 
 def learning_curve_grid(experiments: dict[str, str | Path], rules, *, ncols: int = 3, y: str = "score_mean100",
@@ -184,9 +189,7 @@ def plot_runs(ax, runs: dict[str, str | Path], *, y: str = "score_mean100") -> d
             raise ValueError(f"{d}: progress.csv has no rows")
         ax.plot(xs, ys, color=f"C{k}", lw=1.5, label=label)
         summary[label] = {"frames": float(xs[-1]), "final": float(ys[-1])}
-    ax.set_xlabel("frames")
-    ax.xaxis.set_major_formatter(matplotlib.ticker.EngFormatter(sep=""))
-    ax.set_ylabel("mean score, last 100 games" if y == "score_mean100" else y)
+    _label_axes(ax, y)
     return summary
 
 

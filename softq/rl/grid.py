@@ -30,9 +30,9 @@ from typing import Any
 
 import torch
 
-from softq.rl.runs import RUN_CONTROL, launch
+from softq.rl.runs import config_diff, launch
 
-__all__ = ["ACTIONS", "Planned", "plan_run", "plan", "describe", "fill", "config_diff", "is_locked"]
+__all__ = ["ACTIONS", "Planned", "plan_run", "plan", "describe", "fill", "is_locked"]
 
 ACTIONS = ("skip", "resume", "start", "restart", "failed", "busy")
 #: What :func:`fill` runs, and whether with ``--resume``.
@@ -47,15 +47,6 @@ class Planned:
     out: Path
     action: str
     why: str
-
-
-def config_diff(saved: dict[str, Any], cfg) -> dict[str, tuple[Any, Any]]:
-    """``{field: (saved, given)}`` for the fields of ``cfg`` outside :data:`~softq.rl.runs.RUN_CONTROL` where a
-    saved config (a ``config.json``'s ``"config"``, or a checkpoint's) differs; fields missing from ``saved`` take
-    the Config's defaults (an older run)."""
-    given = cfg.as_dict()
-    saved_cfg = type(cfg).from_dict(saved).as_dict()
-    return {k: (saved_cfg[k], v) for k, v in given.items() if k not in RUN_CONTROL and saved_cfg[k] != v}
 
 
 def is_locked(out: Path) -> bool:
@@ -88,7 +79,8 @@ def plan_run(cfg, out: str | Path) -> Planned:
     if is_locked(out):
         return Planned(cfg, out, "busy", "another process is training it (its lock is held)")
     saved = _read_json(out / "config.json")
-    status = (_read_json(out / "status.json") or {}).get("status")
+    status_json = _read_json(out / "status.json") or {}
+    status = status_json.get("status")
     ckpt = out / "checkpoint.pt"
     if saved is not None:
         diff = config_diff(saved.get("config", {}), cfg)
@@ -98,7 +90,7 @@ def plan_run(cfg, out: str | Path) -> Planned:
     if status == "done":
         return Planned(cfg, out, "skip", "finished")
     if status == "failed":
-        error = (_read_json(out / "status.json") or {}).get("error", "no error recorded")
+        error = status_json.get("error", "no error recorded")
         return Planned(cfg, out, "failed", f"failed earlier: {error}")
     if ckpt.exists():
         state = torch.load(ckpt, map_location="cpu", weights_only=False)

@@ -55,8 +55,8 @@ from softq import config as softq_config
 from softq.rl.a2c import A2C, Config, NonFiniteLoss, auto_torch_threads
 from softq.rl.envs import protocol
 
-__all__ = ["COLUMNS", "RUN_CONTROL", "RunBusy", "run_dir", "shown", "outcome", "versions", "machine", "config_class",
-           "make_agent", "train", "launch", "core_slots", "split_threads"]
+__all__ = ["COLUMNS", "RUN_CONTROL", "RunBusy", "config_diff", "run_dir", "shown", "outcome", "versions", "machine",
+           "config_class", "make_agent", "train", "launch", "core_slots", "split_threads"]
 
 COLUMNS = ("frames", "updates", "episodes", "score_mean100", "score_count", "loss", "policy_loss", "value_loss",
            "q_loss", "entropy", "kl", "grad_norm", "lr", "sps", "wall_s")
@@ -83,6 +83,14 @@ def make_agent(cfg):
 
         return DQN(cfg)
     return A2C(cfg)
+
+
+def config_diff(saved: dict[str, Any], cfg) -> dict[str, tuple[Any, Any]]:
+    """``{field: (saved, given)}`` for the fields of ``cfg`` outside :data:`RUN_CONTROL` where a saved config (a
+    ``config.json``'s ``"config"``, or a checkpoint's) differs; fields missing from ``saved`` take the Config's
+    defaults (an older run)."""
+    saved_cfg = type(cfg).from_dict(saved).as_dict()
+    return {k: (saved_cfg[k], v) for k, v in cfg.as_dict().items() if k not in RUN_CONTROL and saved_cfg[k] != v}
 
 
 def run_dir(results: str | Path, experiment: str, rule: str, seed: int) -> Path:
@@ -235,9 +243,7 @@ def _train(cfg, out: Path, *, resume: bool, progress: bool) -> dict[str, Any]:
     state = None
     if resume and ckpt_path.exists():
         state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        saved = type(cfg).from_dict(state["config"])
-        diff = {k: (v, getattr(cfg, k)) for k, v in saved.as_dict().items()
-                if k not in RUN_CONTROL and getattr(cfg, k) != v}
+        diff = config_diff(state["config"], cfg)
         if diff:
             raise ValueError(f"--resume: config differs from the checkpoint's in {diff} (saved, given)")
     elif not resume and (ckpt_path.exists() or log_path.exists()):
