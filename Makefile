@@ -1,5 +1,6 @@
 # softq: the executable textbook of Schulman, Chen & Abbeel (2017).
-#   make book   execute every chapter (full mode): build/notebooks, build/html, build/checks.json, figures/
+#   make book   execute every chapter (full mode): build/notebooks, build/html, build/checks.json, figures/,
+#               then the book's site from that run: build/site/index.html (softq.site; offline)
 #   make test   ruff + unit tests + every chapter through nbval in smoke mode (what CI runs)
 #   make lab    JupyterLab with the .md chapters opening as notebooks
 #   make figures  regenerate figures/ (the chapters draw them, so this runs the book)
@@ -14,7 +15,7 @@ STAMP  := $(VENV)/.softq-installed
 export JUPYTER_PATH := $(CURDIR)/$(VENV)/share/jupyter
 export PYTHONHASHSEED := 0
 
-.PHONY: all book test lint unit nbval lab figures clean venv
+.PHONY: all book site test lint unit nbval lab figures clean venv browser
 
 all: test
 
@@ -30,14 +31,30 @@ $(STAMP): requirements.txt pyproject.toml
 
 book: $(STAMP)
 	$(PY) -m softq.book
+	$(PY) -m softq.site
+
+# The site alone, from the last `make book` run (ARGS="--sources": from the chapters, without outputs).
+site: $(STAMP)
+	$(PY) -m softq.site $(ARGS)
 
 figures: book
 
 lint: $(STAMP)
 	$(PY) -m ruff check softq tests
 
-unit: $(STAMP)
+unit: $(STAMP) browser
 	$(PY) -m pytest tests -q
+
+# tests/test_site.py opens the site in headless Chromium (Debian's package): installed here if it is missing and
+# apt-get can (root); otherwise that one test is skipped, and says so.
+browser:
+	@command -v chromium > /dev/null 2>&1 || command -v chromium-browser > /dev/null 2>&1 || \
+	  { if [ "$$(id -u)" = 0 ] && command -v apt-get > /dev/null 2>&1; then \
+	      echo "installing Chromium (Debian's package) for the site's browser test"; \
+	      DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium > /dev/null 2>&1 || \
+	        { apt-get update -q > /dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium > /dev/null 2>&1; } || \
+	        echo "could not install Chromium: the site's browser test will be skipped"; \
+	    else echo "no Chromium (apt install chromium): the site's browser test will be skipped"; fi; }
 
 # nbval reads .ipynb: convert each MyST chapter to a throwaway notebook under build/, then run it in smoke mode.
 # softq.nbval_records makes each chapter write its checks to build/nbval/checks/ (the appendix reads them).

@@ -1,0 +1,5 @@
+import sys
+
+from softq.site import main
+
+sys.exit(main())
