@@ -5,6 +5,7 @@ Usage (``make book`` runs the first form)::
     python -m softq.book                 # every chapter, full mode
     python -m softq.book 01 02           # chapters whose name starts with 01 or 02
     python -m softq.book --smoke         # SOFTQ_SMOKE=1 in the kernels (fast, every check still made)
+    python -m softq.book 03 --set TAU=0.3 --set S=9 --out build/variant   # a reader's change of the parameters
 
 For each chapter ``notebooks/NN_topic.md`` (MyST Markdown, paired by jupytext) it writes
 ``build/notebooks/NN_topic.ipynb`` (executed), ``build/html/NN_topic.html`` (its equations rendered offline by a
@@ -88,8 +89,38 @@ def local_mathjax(html_dir: Path) -> str:
     return "mathjax/MathJax.js?config=TeX-AMS-MML_HTMLorMML-full,Safe,local/softq"
 
 
-def run_chapter(md: Path, out: Path, smoke: bool, timeout: int) -> ChapterResult:
-    """Execute one chapter in a fresh kernel (cwd = notebooks/), write its notebook, HTML and check records."""
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def set_parameters(nb, overrides: dict[str, str]):
+    """``nb`` with each ``NAME = VALUE`` of ``overrides`` assigned right after the first top-level line that assigns
+    ``NAME`` (a chapter's parameters, e.g. ``S, A, GAMMA, TAU = 6, 3, 0.9, 1.0``): what a reader who edits that line
+    gets. Raises ``ValueError`` naming a parameter that no code cell assigns. Returns ``nb`` (changed in place)."""
+    for name, value in overrides.items():
+        if not _NAME.fullmatch(name):
+            raise ValueError(f"set: {name!r} is not a Python name")
+        assign = re.compile(rf"^(?:[A-Za-z_][A-Za-z0-9_]*\s*,\s*)*{name}\s*(?:,\s*[A-Za-z_][A-Za-z0-9_]*\s*)*=[^=]")
+        for cell in nb.cells:
+            if cell.cell_type != "code":
+                continue
+            lines = cell.source.split("\n")
+            at = next((i for i, line in enumerate(lines) if assign.match(line)), None)
+            if at is not None:
+                while at + 1 < len(lines) and (lines[at].rstrip().endswith(("(", "[", "{", ",", "\\"))
+                                               or lines[at + 1].startswith((" ", ")", "]", "}"))):
+                    at += 1  # the assignment continues on the next line
+                lines.insert(at + 1, f"{name} = {value}  # set by python -m softq.book --set")
+                cell.source = "\n".join(lines)
+                break
+        else:
+            raise ValueError(f"set: no code cell assigns {name!r} at the start of a line")
+    return nb
+
+
+def run_chapter(md: Path, out: Path, smoke: bool, timeout: int,
+                overrides: dict[str, str] | None = None) -> ChapterResult:
+    """Execute one chapter in a fresh kernel (cwd = notebooks/), write its notebook, HTML and check records.
+    ``overrides`` (``{name: Python expression}``) changes the chapter's parameters first (:func:`set_parameters`)."""
     import jupytext
     import nbformat
     from jupyter_client.manager import KernelManager
@@ -103,7 +134,7 @@ def run_chapter(md: Path, out: Path, smoke: bool, timeout: int) -> ChapterResult
     records_file = out / "checks" / f"{name}.jsonl"
     records_file.unlink(missing_ok=True)
 
-    nb = jupytext.read(md)
+    nb = set_parameters(jupytext.read(md), overrides or {})
     nb.metadata.setdefault("kernelspec", {"name": KERNEL, "display_name": "Python 3 (softq)", "language": "python"})
     # The kernel inherits this process's environment: that is how the chapter learns its name and record file.
     os.environ["SOFTQ_CHAPTER"] = name
@@ -178,9 +209,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--smoke", action="store_true", help="run the chapters in smoke mode (SOFTQ_SMOKE=1)")
     ap.add_argument("--out", type=Path, default=BUILD, help="output folder (default: build/)")
     ap.add_argument("--timeout", type=int, default=1800, help="seconds allowed per cell (default: 1800)")
+    ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                    help="change a chapter parameter, as a reader editing its first cells would (repeatable)")
     args = ap.parse_args(argv)
+    overrides = {}
+    for item in args.set:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip() or not value.strip():
+            ap.error(f"--set wants NAME=VALUE, got {item!r}")
+        overrides[name.strip()] = value.strip()
     if args.timeout <= 0:
         ap.error(f"--timeout must be > 0, got {args.timeout}")
+    args.out = args.out.resolve()  # the kernels run in notebooks/: a relative path would point there
     try:
         todo = chapters(args.select)
     except ValueError as err:
@@ -192,7 +232,10 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for md in todo:
         print(f"running {md.name} ({'smoke' if args.smoke else 'full'} mode) ...", flush=True)
-        results.append(run_chapter(md, args.out, args.smoke, args.timeout))
+        try:
+            results.append(run_chapter(md, args.out, args.smoke, args.timeout, overrides))
+        except ValueError as err:
+            ap.error(f"{md.stem}: {err}")
     path = write_checks_json(args.out, results, args.smoke)
     print()
     print(table(results))

@@ -173,32 +173,58 @@ def sac_policy_objective(pi: torch.Tensor, q: torch.Tensor, tau: float,
 
 
 def sac_policy_improvement(q: torch.Tensor, tau: float, pi_bar: torch.Tensor | None = None, *,
-                           features: torch.Tensor | None = None, iterations: int = 200) -> torch.Tensor:
-    """SAC's policy improvement step: ``argmin_{pi in Pi} sum_s D_KL[pi(.|s) || pi^B_Q(.|s)]``, by L-BFGS.
+                           features: torch.Tensor | None = None, tol: float = 1e-12,
+                           max_steps: int = 200) -> torch.Tensor:
+    """SAC's policy improvement step: ``argmin_{pi in Pi} sum_s D_KL[pi(.|s) || pi^B_Q(.|s)]``, by Newton's method.
 
     ``Pi`` is the softmax policies with logits ``z[s, a]``: free (``features=None``, the exact/tabular class, whose
     minimizer is ``pi^B_Q`` itself) or linear, ``z = features @ w`` with ``features: [S, A, F]`` (a restricted
-    class: the step is then a KL projection). Starts from uniform logits. Returns ``pi: [S, A]``.
+    class: the step is then a KL projection). Starts from uniform logits and takes saddle-free Newton steps (the
+    Hessian with its eigenvalues' absolute values, its flat directions left out), backtracked, until the
+    largest gradient entry is at most ``tol``: the same accuracy whatever the instance's conditioning (a
+    ``RuntimeError`` after ``max_steps`` steps). The objective is computed in log space,
+    ``sum_a pi (log pi - log pi^B_Q)``, to stay accurate near the minimizer. Returns ``pi: [S, A]``.
     """
+    from torch.func import grad, hessian
+
     tau = validate_tau(tau)
     if q.ndim != 2:
         raise ValueError(f"q must have shape [S, A], got {tuple(q.shape)}")
     if features is not None and (features.ndim != 3 or tuple(features.shape[:2]) != tuple(q.shape)):
         raise ValueError(f"features must have shape [S, A, F] = [{q.shape[0]}, {q.shape[1]}, F], "
                          f"got {tuple(features.shape)}")
-    w = torch.zeros(q.shape if features is None else features.shape[-1], dtype=DTYPE, requires_grad=True)
-    logits = (lambda: w) if features is None else (lambda: features.to(DTYPE) @ w)  # noqa: E731
-    opt = torch.optim.LBFGS([w], lr=1.0, max_iter=validate_count(iterations, "iterations"), tolerance_grad=1e-14,
-                            tolerance_change=1e-16, history_size=50, line_search_fn="strong_wolfe")
+    if not tol > 0:
+        raise ValueError(f"tol must be > 0, got {tol!r}")
+    log_target = log_boltzmann_policy(q.detach(), tau, pi_bar)
+    shape = tuple(q.shape) if features is None else (features.shape[-1],)
+    feats = None if features is None else features.to(DTYPE)
 
-    def closure():
-        opt.zero_grad()
-        loss = sac_policy_objective(torch.softmax(logits(), -1), q.detach(), tau, pi_bar).sum()
-        loss.backward()
-        return loss
+    def logits(w: torch.Tensor) -> torch.Tensor:
+        return w.reshape(shape) if feats is None else feats @ w
 
-    opt.step(closure)
-    return torch.softmax(logits(), -1).detach()
+    def objective(w: torch.Tensor) -> torch.Tensor:
+        log_pi = torch.log_softmax(logits(w), -1)
+        return (log_pi.exp() * (log_pi - log_target)).sum()
+
+    w = torch.zeros(math.prod(shape), dtype=DTYPE)
+    f, g = objective(w), grad(objective)(w)
+    for _ in range(validate_count(max_steps, "max_steps")):
+        if g.abs().max().item() <= tol:
+            return torch.softmax(logits(w), -1)
+        # saddle-free Newton: |eigenvalues| of the Hessian (far from the minimizer the objective is not convex in
+        # the logits), its flat directions (a constant added to one state's logits) left out
+        lam, vec = torch.linalg.eigh(hessian(objective)(w))
+        keep = lam.abs() > 1e-12 * lam.abs().max()
+        step = -vec[:, keep] @ ((vec[:, keep].T @ g) / lam[keep].abs())
+        t = 1.0
+        while t > 1e-12:  # backtrack: sufficient decrease, or (where rounding hides it) a smaller gradient
+            f_new, g_new = objective(w + t * step), grad(objective)(w + t * step)
+            if f_new <= f + 1e-4 * t * (g @ step) or (f_new <= f + 1e-14 and g_new.norm() < g.norm()):
+                break
+            t /= 2
+        w, f, g = w + t * step, f_new, g_new
+    raise RuntimeError(f"sac_policy_improvement: gradient {g.abs().max().item():.1e} > tol = {tol} after "
+                       f"{max_steps} Newton steps")
 
 
 def sac_backup(mdp: tb.MDP, pi: torch.Tensor, q: torch.Tensor, tau: float) -> torch.Tensor:

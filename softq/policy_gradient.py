@@ -331,18 +331,23 @@ def enumerate_rollouts(mdp: tb.MDP, pi: torch.Tensor, mu0: torch.Tensor,
 
 @dataclass
 class AscentResult:
-    """Result of :func:`gradient_ascent`: final logits ``theta: [S, A]``, ``returns[k] = J(theta_k)`` (k = 0..steps),
-    and ``grad_norms[k] = ||g(theta_k)||`` of the followed direction."""
+    """Result of :func:`gradient_ascent`: final logits ``theta: [S, A]``, ``returns[k] = J(theta_k)``,
+    ``grad_norms[k] = ||g(theta_k)||`` of the followed direction (k = 0..number of steps taken), and ``converged``:
+    whether ``||g||`` reached the ascent's ``tol`` (always False without one)."""
 
     theta: torch.Tensor
     returns: list[float] = field(default_factory=list)
     grad_norms: list[float] = field(default_factory=list)
+    converged: bool = False
 
 
 def gradient_ascent(mdp: tb.MDP, theta0: torch.Tensor, tau: float, pi_bar: torch.Tensor | None, mu0: torch.Tensor,
-                    direction: Callable[[torch.Tensor], torch.Tensor], steps: int, lr: float) -> AscentResult:
+                    direction: Callable[[torch.Tensor], torch.Tensor], steps: int, lr: float,
+                    tol: float | None = None) -> AscentResult:
     """``theta_{k+1} = theta_k + lr * direction(theta_k)`` for ``steps`` steps, recording ``J(theta_k)``
-    (:func:`regularized_return` with ``gamma = mdp.gamma``) and ``||direction(theta_k)||``.
+    (:func:`regularized_return` with ``gamma = mdp.gamma``) and ``||direction(theta_k)||``. With ``tol``, ``steps``
+    is a maximum: the ascent stops at the first ``theta_k`` with ``||direction(theta_k)|| <= tol``
+    (``converged = True``), so that it reaches the same accuracy whatever the instance's conditioning.
 
     ``direction`` maps logits ``[S, A]`` to an ascent direction ``[S, A]``, e.g. the exact expectation of the proper or
     the naive estimator (:func:`exact_gradient`), or :func:`true_gradient`.
@@ -351,12 +356,17 @@ def gradient_ascent(mdp: tb.MDP, theta0: torch.Tensor, tau: float, pi_bar: torch
     steps = validate_count(steps, "steps", 0)
     if not lr > 0:
         raise ValueError(f"lr must be > 0, got {lr!r}")
+    if tol is not None and not tol > 0:
+        raise ValueError(f"tol must be > 0 or None, got {tol!r}")
     out = AscentResult(theta)
-    for _ in range(steps + 1):
+    for k in range(steps + 1):
         out.returns.append(regularized_return(mdp, theta, tau, pi_bar, mu0).item())
         g = direction(theta)
         out.grad_norms.append(g.norm().item())
-        if len(out.returns) <= steps:
+        if tol is not None and out.grad_norms[-1] <= tol:
+            out.converged = True
+            break
+        if k < steps:
             theta = theta + lr * g
     out.theta = theta
     return out

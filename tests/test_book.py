@@ -64,3 +64,28 @@ def test_a_chapter_without_checks_fails(tmp_path, out):
 def test_unknown_chapter_selection_is_named():
     with pytest.raises(ValueError, match="no chapter matches"):
         book.chapters(["99_not_a_chapter"])
+
+
+def test_set_parameters_assigns_after_the_first_assignment_and_names_unknown_ones():
+    import nbformat.v4 as v4
+
+    nb = v4.new_notebook(cells=[
+        v4.new_markdown_cell("S, A = 1, 2 (prose, not code)"),
+        v4.new_code_cell("import torch\nS, A, GAMMA = 6, 3, 0.9\nmdp = make(S, A)\nS, A = 2, 2"),
+        v4.new_code_cell("CFG = dict(a=1,\n           b=2)\nuse(CFG)"),
+    ])
+    book.set_parameters(nb, {"A": "5", "CFG": "dict(a=3)"})
+    assert nb.cells[1].source.split("\n")[:4] == [
+        "import torch", "S, A, GAMMA = 6, 3, 0.9", "A = 5  # set by python -m softq.book --set", "mdp = make(S, A)"]
+    assert nb.cells[2].source.split("\n")[2] == "CFG = dict(a=3)  # set by python -m softq.book --set"
+    assert nb.cells[0].source == "S, A = 1, 2 (prose, not code)"
+    with pytest.raises(ValueError, match="'TAU'"):
+        book.set_parameters(nb, {"TAU": "1"})
+    with pytest.raises(ValueError, match="not a Python name"):
+        book.set_parameters(nb, {"1x": "1"})
+
+
+def test_set_is_checked_on_the_command_line(capsys):
+    with pytest.raises(SystemExit):
+        book.main(["00", "--set", "TAU"])
+    assert "--set wants NAME=VALUE" in capsys.readouterr().err

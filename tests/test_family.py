@@ -114,7 +114,11 @@ def test_path_sums_window_one_by_hand(det):
 def test_sac_policy_step_and_backup():
     mdp = tb.random_mdp(S, A, GAMMA, seed=8)
     q = 2 * torch.randn(S, A, dtype=DTYPE, generator=torch.Generator().manual_seed(9))
-    assert torch.allclose(fam.sac_policy_improvement(q, TAU), boltzmann_policy(q, TAU), atol=1e-7)
+    assert torch.allclose(fam.sac_policy_improvement(q, TAU), boltzmann_policy(q, TAU), atol=1e-10)
+    for tau in (0.05, 3.0):  # converged to the same accuracy whatever the temperature's conditioning
+        assert torch.allclose(fam.sac_policy_improvement(q, tau), boltzmann_policy(q, tau), atol=1e-10)
+    with pytest.raises(RuntimeError, match="Newton steps"):
+        fam.sac_policy_improvement(q, TAU, max_steps=1)
     pi = tb.random_policy(S, A, seed=10)
     assert torch.allclose(fam.sac_backup(mdp, pi, q, TAU), tb.backup_q(mdp, pi, q, TAU) + GAMMA * TAU * math.log(A),
                           atol=1e-13)

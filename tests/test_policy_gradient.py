@@ -214,3 +214,17 @@ def test_expected_estimator_without_the_kl_gradient_is_eq_52_as_typed(problem):
     leaf = theta.detach().clone().requires_grad_(True)
     (grad_kl,) = torch.autograd.grad((occ * kl(pg.policy(leaf), pi_bar)).sum(), leaf)
     torch.testing.assert_close(typed - full, tau * grad_kl, rtol=0, atol=1e-10)
+
+
+def test_gradient_ascent_to_a_tolerance_stops_when_the_direction_is_that_small():
+    mdp, tau = tb.random_mdp(4, 3, 1.0, seed=5, n_terminal=1, p_end=0.4), 1.0
+    mu0 = mdp.live / mdp.live.sum()
+    occ = lambda p: pg.state_occupancy(mdp, p, mu0)  # noqa: E731
+    field = lambda th: pg.exact_gradient(mdp, th, tau, None, occ)  # noqa: E731
+    run = pg.gradient_ascent(mdp, torch.zeros(4, 3, dtype=F64), tau, None, mu0, field, 5_000, 3.0, tol=1e-10)
+    assert run.converged and run.grad_norms[-1] <= 1e-10 < min(run.grad_norms[:-1])
+    assert len(run.returns) == len(run.grad_norms) < 5_001
+    short = pg.gradient_ascent(mdp, torch.zeros(4, 3, dtype=F64), tau, None, mu0, field, 5, 3.0, tol=1e-10)
+    assert not short.converged and len(short.returns) == 6
+    with pytest.raises(ValueError, match="tol"):
+        pg.gradient_ascent(mdp, torch.zeros(4, 3, dtype=F64), tau, None, mu0, field, 5, 3.0, tol=0.0)

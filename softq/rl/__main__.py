@@ -99,7 +99,22 @@ def _parser(algo: str = "a2c") -> argparse.ArgumentParser:
     t.add_argument("--fill", action="store_true",
                    help="run what is missing of the grid: skip finished runs, resume those with a checkpoint, "
                         "start the others (a partial run without checkpoint starts afresh); softq.rl.grid")
-    t.add_argument("--dry-run", action="store_true", help="with --fill: print the plan, run nothing")
+    t.add_argument("--dry-run", action="store_true",
+                   help="with --fill: print the plan and, with --bench, what it costs; run nothing")
+    t.add_argument("--launcher", choices=("local", "ray"), default="local",
+                   help="with --fill: local (this machine, --parallel at once) or ray (one Ray task per run on the "
+                        "cluster at --ray-address; softq.rl.cluster)")
+    t.add_argument("--ray-address", default="auto",
+                   help="ray.init(address=...): auto (the running cluster), ray://host:10001, or local (a cluster in "
+                        "this process)")
+    t.add_argument("--cpus-per-run", type=int, help="Ray: CPUs each run asks for (default: its envs, at most 8)")
+    t.add_argument("--gpus-per-run", type=float, default=0.0,
+                   help="Ray: GPUs each run asks for (0.25: four runs share a GPU); also the dry run's GPU-hours")
+    t.add_argument("--bench", type=Path,
+                   help="with --dry-run: a `make bench` file (results/bench/<machine>.json) of the machines that "
+                        "will train; the plan's wall time and GPU-hours are estimated from its throughput")
+    t.add_argument("--concurrent", type=int, default=1,
+                   help="with --bench: how many runs train at once (the cluster's GPUs / --gpus-per-run)")
     t.add_argument("--parallel", type=int, default=1, help="runs at once, as subprocesses (default 1: in turn)")
     t.add_argument("--no-progress", action="store_true", help="no tqdm bar")
     i = sub.add_parser("inspect", help="what an A2C run's RMSProp state says about its gradients (gradients.json)",
@@ -219,6 +234,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(e))
     if args.dry_run and not args.fill:
         parser.error("--dry-run goes with --fill")
+    if args.launcher != "local" and not args.fill:
+        parser.error("--launcher goes with --fill (the grid decides what each run does)")
+    if args.concurrent < 1:
+        parser.error(f"--concurrent must be >= 1, got {args.concurrent}")
     if args.fill and args.resume:
         parser.error("--fill decides for each run whether to resume: leave out --resume")
     if args.parallel < 1:
@@ -235,8 +254,24 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as e:
             parser.error(str(e))
         print(describe(planned), file=sys.stderr)
+        if args.bench is not None:
+            from softq.rl.cluster import describe_estimate, estimate
+
+            try:
+                est = estimate(planned, args.bench, concurrent=args.concurrent, gpus=args.gpus_per_run)
+            except ValueError as e:
+                parser.error(str(e))
+            print(describe_estimate(est), file=sys.stderr)
         if args.dry_run:
             return 0
+        if args.launcher == "ray":
+            from softq.rl.cluster import fill_ray
+
+            try:
+                failed = fill_ray(planned, address=args.ray_address, cpus=args.cpus_per_run, gpus=args.gpus_per_run)
+            except ValueError as e:
+                parser.error(str(e))
+            return 1 if failed else 0
         return 1 if fill(planned, parallel=args.parallel, progress=not args.no_progress) else 0
     if len(cfgs) == 1:
         try:
