@@ -140,6 +140,10 @@ def run_chapter(md: Path, out: Path, smoke: bool, timeout: int,
     os.environ["SOFTQ_CHAPTER"] = name
     os.environ["SOFTQ_CHECKS_FILE"] = str(records_file)
     os.environ["SOFTQ_SMOKE"] = "1" if smoke else "0"
+    if overrides:  # a variant of the chapter: its figures go beside its records, not over the book's
+        os.environ["SOFTQ_FIGURES"] = str(out / "figures")
+    else:
+        os.environ.pop("SOFTQ_FIGURES", None)
     os.environ.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
     # IPC transport: the kernel talks to us over local sockets in build/, not over TCP ports.
     sockets = tempfile.mkdtemp(prefix="softq-kernel-")

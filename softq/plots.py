@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 import re
 from pathlib import Path
 
@@ -41,7 +42,10 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]*$")
 
 
 def figure_dir() -> Path:
-    """``figures/`` in full mode, ``build/figures-smoke/`` in smoke mode."""
+    """``figures/`` in full mode, ``build/figures-smoke/`` in smoke mode; ``$SOFTQ_FIGURES`` if set (a chapter run
+    with changed parameters, ``python -m softq.book --set``, must not overwrite the book's figures)."""
+    if os.environ.get("SOFTQ_FIGURES"):
+        return Path(os.environ["SOFTQ_FIGURES"])
     return config.BUILD / "figures-smoke" if config.SMOKE else config.FIGURES
 
 

@@ -17,7 +17,7 @@ def _chapter(tmp_path, name, code):
 
 @pytest.fixture
 def out(tmp_path, monkeypatch):
-    for var in ("SOFTQ_CHAPTER", "SOFTQ_CHECKS_FILE", "SOFTQ_SMOKE"):
+    for var in ("SOFTQ_CHAPTER", "SOFTQ_CHECKS_FILE", "SOFTQ_SMOKE", "SOFTQ_FIGURES"):
         monkeypatch.delenv(var, raising=False)  # run_chapter sets them for the kernel; restore afterwards
     return tmp_path / "build"
 

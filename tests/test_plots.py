@@ -123,3 +123,12 @@ def test_run_records_spread_and_caption(tmp_path):
     assert plots.config_spread(records) == {"lr": [0.0007, 0.001]}
     with pytest.raises(ValueError, match="no runs"):
         plots.budget_caption({})
+
+
+def test_figure_dir_follows_softq_figures(tmp_path, monkeypatch):
+    from softq import plots
+
+    monkeypatch.setenv("SOFTQ_FIGURES", str(tmp_path / "variant"))
+    assert plots.figure_dir() == tmp_path / "variant"
+    monkeypatch.delenv("SOFTQ_FIGURES")
+    assert plots.figure_dir() in (plots.config.FIGURES, plots.config.BUILD / "figures-smoke")
