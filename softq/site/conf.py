@@ -14,6 +14,7 @@ root_doc = "index"
 exclude_patterns = ["_build", "**.ipynb_checkpoints"]
 nb_execution_mode = "off"  # the site shows the outputs of `make book`'s run; nothing executes again
 nb_output_stderr = "remove"  # warnings and progress bars of the run are not part of the text
+nb_render_markdown_format = "myst"  # Markdown outputs (the appendix's tables) parsed as MyST: tables, {ref} links
 myst_enable_extensions = ["dollarmath", "amsmath", "colon_fence"]
 myst_dmath_double_inline = True
 suppress_warnings = ["mystnb.unknown_mime_type", "myst.header", "misc.highlighting_failure"]
