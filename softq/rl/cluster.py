@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from softq.rl.grid import RUNS, Planned, _clear, plan_run
+from softq.rl.grid import RUNS, Planned, _clear, _read_json, plan_run
 from softq.rl.runs import config_class, shown, split_threads, train
 
 __all__ = ["resources", "run_planned", "fill_ray", "Throughput", "throughput", "estimate", "describe_estimate"]
@@ -141,11 +141,7 @@ def throughput(bench: str | Path, algo: str) -> Throughput:
 def _frames_done(p: Planned) -> int:
     if p.action != "resume":
         return 0
-    try:
-        status = json.loads((Path(p.out) / "status.json").read_text())
-        return int(status.get("frames") or 0)
-    except (FileNotFoundError, json.JSONDecodeError):
-        return 0
+    return int((_read_json(Path(p.out) / "status.json") or {}).get("frames") or 0)
 
 
 def estimate(planned: list[Planned], bench: str | Path, *, concurrent: int = 1, gpus: float = 0.0) -> dict[str, Any]:

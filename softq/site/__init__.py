@@ -35,10 +35,10 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from softq.book import NOTEBOOKS, chapters
 from softq.config import BUILD, ROOT
 from softq.equation_index import N_EQUATIONS, PLAN
 
-NOTEBOOKS = ROOT / "notebooks"
 CONF_DIR = Path(__file__).resolve().parent  # conf.py and static/ live beside this file
 SITE_SRC = BUILD / "site-src"
 SITE = BUILD / "site"
@@ -269,7 +269,7 @@ def load_notebooks(sources: bool) -> dict[str, object]:
     import jupytext
     import nbformat
 
-    mds = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.md"))
+    mds = chapters()
     if not mds:
         raise FileNotFoundError(f"no chapters in {NOTEBOOKS}")
     out = {}
