@@ -184,3 +184,28 @@ def test_parallel_runs_split_the_cores(monkeypatch):
     assert (kept.env_threads, kept.torch_threads) == (3, 2)
     with pytest.raises(ValueError, match="parallel"):
         core_slots(0)
+
+
+def test_train_many_equals_training_in_process_and_names_failures(tmp_path):
+    """train_many's concurrent subprocess runs end as the same runs trained in this process (log and weights), and
+    a run that cannot start is named in the error, the others finishing all the same."""
+    from softq.rl.runs import train_many
+
+    cfgs = [Config(**CARTPOLE_A2C, rule=rule, seed=3, frames=4 * 5 * 40, num_envs=4, lr=2e-3,
+                   log_every=10, device="cpu", torch_threads=1, env_threads=1, checkpoint_minutes=0)
+            for rule in ("naive", "soft_q")]
+    outs = [tmp_path / "many" / cfg.rule for cfg in cfgs]
+    statuses = train_many(list(zip(cfgs, outs, strict=True)), parallel=2)
+    for cfg, out, status in zip(cfgs, outs, statuses, strict=True):
+        here = train(cfg, tmp_path / "here" / cfg.rule, progress=False)
+        assert status["status"] == "done" and status["score_mean100"] == here["score_mean100"]
+        assert _rows(out / "progress.csv") == _rows(tmp_path / "here" / cfg.rule / "progress.csv")
+        a, b = _weights(out / "checkpoint.pt"), _weights(tmp_path / "here" / cfg.rule / "checkpoint.pt")
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "progress.csv").write_text("frames\n")  # a folder that already holds a run
+    with pytest.raises(RuntimeError, match=r"1 of 2 runs did not finish:\n  .*taken"):
+        train_many([(cfgs[0], tmp_path / "taken"), (cfgs[1], tmp_path / "fresh")])
+    assert json.loads((tmp_path / "fresh" / "status.json").read_text())["status"] == "done"
+    with pytest.raises(ValueError, match="runs"):
+        train_many([])

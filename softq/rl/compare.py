@@ -14,18 +14,18 @@ one rollout, ``T = num_steps`` steps of ``B = num_envs`` environments (:class:`B
   ``grad V(s_t)``, by ``torch.func``, from which the chapters assemble the paper's typed estimators independently.
 
 :func:`compare_rules` puts the rules side by side on one batch (cosine, norm ratio, and the expected-gradient
-residual); :func:`track_agreement` does it before every ``every``-th update of a training run, on the very batch
-that update then uses, without changing the run (no random numbers are drawn, no ``.grad`` is touched).
+residual); :func:`agreement_row` does it on the batch a training agent is about to update on, without changing the run
+(no random numbers are drawn, no ``.grad`` is touched): :func:`softq.rl.runs.train` with ``agreement_every=k`` writes
+one row before every ``k``-th update to ``agreement.csv``, which :func:`read_agreement` reads.
 Chapter 6 (eqs 79-80) and chapter 8 (eqs 84-86) are built on these functions.
 """
 
 from __future__ import annotations
 
 import csv
-import json
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,13 +33,12 @@ import torch
 from torch.func import functional_call, vjp, vmap
 
 from softq import regularized
-from softq.rl.a2c import A2C, RULES, Config, a2c_loss, dueling_soft_q_loss
+from softq.rl.a2c import A2C, RULES, a2c_loss, dueling_soft_q_loss
 
 __all__ = [
     "Batch", "LossFn", "rule_loss", "scaled_soft_q_loss", "network_outputs", "head_gradients", "parameter_gradient",
     "transition_gradients", "score_gradients", "cosine", "compare_rules", "AGREEMENT_COLUMNS", "agreement_row",
-    "agreement_cells", "AgreementRun",
-    "track_agreement", "read_agreement",
+    "agreement_cells", "read_agreement",
 ]
 
 #: ``loss(log_pi [T+1, B, A], v [T+1, B], actions, rewards, terminal, reset) -> scalar``, as in ``a2c_loss``.
@@ -290,48 +289,6 @@ def agreement_row(agent: A2C) -> dict[str, float]:
 def agreement_cells(row: dict[str, float]) -> list[str]:
     """A row of :func:`agreement_row` as the cells of ``agreement.csv`` (10 significant digits)."""
     return [f"{row[c]:.10g}" for c in AGREEMENT_COLUMNS]
-
-
-@dataclass
-class AgreementRun:
-    """What :func:`track_agreement` measured: ``rows`` (dicts with :data:`AGREEMENT_COLUMNS`) and the final
-    weights ``net_state`` (to compare with a :func:`softq.rl.runs.train` run of the same config)."""
-
-    rows: list[dict[str, float]]
-    net_state: dict[str, torch.Tensor] = field(repr=False)
-
-    def column(self, name: str) -> torch.Tensor:
-        return torch.tensor([r[name] for r in self.rows], dtype=torch.float64)
-
-
-def track_agreement(cfg: Config, every: int = 10, out: str | Path | None = None) -> AgreementRun:
-    """Train ``cfg`` exactly as :func:`softq.rl.runs.train` does (rollout, update, repeated), and before every
-    ``every``-th update compare rules ``proper`` and ``soft_q`` (:func:`compare_rules`, at ``cfg``'s gamma, tau,
-    value coefficient and penalty) on the batch that update is about to use. The measurement draws no random numbers and
-    leaves ``.grad`` alone, so the run's weights are those of an unmeasured run. With ``out``, writes
-    ``out/agreement.csv`` (:data:`AGREEMENT_COLUMNS`) and ``out/agreement.json`` (the config and ``every``)."""
-    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-        raise ValueError(f"every must be an int >= 1, got {every!r}")
-    agent = A2C(cfg)
-    rows = []
-    try:
-        while agent.updates < agent.total_updates:
-            agent.collect()
-            if agent.updates % every == 0:
-                rows.append(agreement_row(agent))
-            agent.update()
-    finally:
-        agent.env.close()
-    if out is not None:
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        with open(out / "agreement.csv", "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(AGREEMENT_COLUMNS)
-            for row in rows:
-                writer.writerow(agreement_cells(row))
-        (out / "agreement.json").write_text(json.dumps({"config": cfg.as_dict(), "every": every}, indent=2) + "\n")
-    return AgreementRun(rows, {k: t.detach().clone() for k, t in agent.net.state_dict().items()})
 
 
 def read_agreement(path: str | Path) -> dict[str, torch.Tensor]:

@@ -37,6 +37,7 @@ import contextlib
 import csv
 import dataclasses
 import fcntl
+import io
 import json
 import math
 import os
@@ -56,7 +57,7 @@ from softq.rl.a2c import A2C, Config, NonFiniteLoss, auto_torch_threads
 from softq.rl.envs import protocol
 
 __all__ = ["COLUMNS", "RUN_CONTROL", "RunBusy", "config_diff", "run_dir", "shown", "outcome", "versions", "machine",
-           "config_class", "make_agent", "train", "launch", "core_slots", "split_threads"]
+           "config_class", "make_agent", "train", "launch", "train_many", "core_slots", "split_threads"]
 
 COLUMNS = ("frames", "updates", "episodes", "score_mean100", "score_count", "loss", "policy_loss", "value_loss",
            "q_loss", "entropy", "kl", "grad_norm", "lr", "sps", "wall_s")
@@ -421,6 +422,35 @@ def launch(cfgs: list[tuple[Any, Path]], *, resume: bool | list[bool], parallel:
                 failed += proc.returncode != 0
                 print(f"[{shown(out)}] finished with exit code {proc.returncode}", file=sys.stderr)
     return failed
+
+
+def train_many(runs: list[tuple[Any, Path]], *, parallel: int | None = None) -> list[dict[str, Any]]:
+    """Train fresh (config, out) runs concurrently, each as its own ``python -m softq.rl train`` pinned to its own
+    cores (:func:`launch`), and return each run's final status (its ``status.json``), in the order given.
+
+    ``parallel``: how many at once; by default one per core of this process, at most one per run. A run's result
+    does not depend on ``parallel`` when its thread counts are explicit (the chapters' runs set ``torch_threads=1``).
+    Raises ``RuntimeError`` naming every run that did not finish, with its error. ``launch``'s start/finish lines are
+    kept out of the caller's output (a notebook's)."""
+    if not runs:
+        raise ValueError("runs: no (config, out) pairs given")
+    if parallel is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        parallel = max(1, min(cores, len(runs)))
+    messages = io.StringIO()
+    with contextlib.redirect_stderr(messages):
+        launch(runs, resume=False, parallel=parallel, progress=False)
+    statuses, failed = [], []
+    for _, out in runs:
+        path = Path(out) / "status.json"
+        status = json.loads(path.read_text()) if path.exists() else {"status": "never started"}
+        statuses.append(status)
+        if status.get("status") != "done":
+            failed.append(f"{shown(out)}: {status.get('status')} {status.get('error', '')}".rstrip())
+    if failed:
+        raise RuntimeError(f"{len(failed)} of {len(runs)} runs did not finish:\n  " + "\n  ".join(failed)
+                           + "\n" + messages.getvalue())
+    return statuses
 
 
 def core_slots(parallel: int) -> list[list[int]]:
