@@ -435,8 +435,7 @@ def train_many(runs: list[tuple[Any, Path]], *, parallel: int | None = None) -> 
     if not runs:
         raise ValueError("runs: no (config, out) pairs given")
     if parallel is None:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        parallel = max(1, min(cores, len(runs)))
+        parallel = min(len(core_slots(1)[0]), len(runs))  # core_slots(1): every core of this process
     messages = io.StringIO()
     with contextlib.redirect_stderr(messages):
         launch(runs, resume=False, parallel=parallel, progress=False)
