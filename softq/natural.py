@@ -323,13 +323,29 @@ def gauss_newton_step(residual_fn: ResidualFn, theta: torch.Tensor,
     return least_squares_step(jac, -r.detach(), 1.0, weights)
 
 
+def _accept(loss: Callable[[torch.Tensor], torch.Tensor], theta: torch.Tensor, value: float,
+            grad_norm: float) -> bool:
+    """Whether a step to ``theta`` is taken: the loss does not increase, or the increase is rounding.
+
+    Near a minimum the last Newton steps lower ``L`` by far less than the rounding of ``L`` itself (a step of 1e-10
+    lowers it by ~1e-20 when ``L`` ~ 1e-7 is computed to ~1e-13 relative); comparing losses alone then refuses every
+    step and the solver stops early, at a gradient of ~1e-11 instead of ~1e-17. A step whose loss is within
+    ``1e-10 |L|`` of the last is taken when it halves the gradient's norm.
+    """
+    new = float(loss(theta))
+    if new <= value:
+        return True
+    return new - value <= 1e-10 * abs(value) and float(jacrev(loss)(theta).norm()) <= 0.5 * grad_norm
+
+
 def minimize_least_squares(residual_fn: ResidualFn, theta0: torch.Tensor, weights: torch.Tensor | None = None, *,
                            tol: float = 1e-13, max_iter: int = 200) -> torch.Tensor:
     """A minimizer of ``L(theta) = 1/2 sum_i w_i r_i(theta)^2``, reached from ``theta0``: ``[P]``.
 
     Newton's method with the exact Hessian ``H`` (``torch.func.hessian``), damped Levenberg-Marquardt style
     (``H + lam I``, ``lam`` raised until ``L`` does not increase, lowered again after each accepted step) and
-    minimum-norm where ``H`` is singular (flat directions, as for a table of logits). Stops when a step is shorter
+    minimum-norm where ``H`` is singular (flat directions, as for a table of logits). A step is taken when ``L`` does
+    not increase beyond rounding (:func:`_accept`: within ``1e-10 |L|`` and halving the gradient). Stops when a step is shorter
     than ``tol (1 + |theta|)``: near a minimum with a positive-definite Hessian the undamped steps converge
     quadratically, so the error left is far below ``tol``. Raises RuntimeError if ``max_iter`` steps do not get
     there. (A nonlinear problem can have several minima; this is the one the damped Newton path from ``theta0``
@@ -349,7 +365,7 @@ def minimize_least_squares(residual_fn: ResidualFn, theta0: torch.Tensor, weight
         scale = float(hess.diagonal().abs().max()) + 1e-300
         while True:
             step = -torch.linalg.pinv(hess + lam * eye, hermitian=True) @ grad_l
-            if float(loss(theta + step)) <= value:
+            if _accept(loss, theta + step, value, float(grad_l.norm())):
                 break
             lam = max(10 * lam, 1e-10 * scale)
             if lam > 1e12 * scale:

@@ -149,6 +149,28 @@ def test_minimizer_of_a_nonlinear_problem_is_stationary():
         lambda th: nat.natural_regression_residual(pol.log_prob(th), logp0, a_reg, 1.0), theta, rho)) ** 2).sum()
 
 
+def test_minimizer_takes_steps_below_the_rounding_of_the_loss():
+    # log-linear policy and exact critic: w2 = 0, so the minimizer is eps w1 + eps^3 w3: at eps = 1e-3 the last Newton
+    # step (~1e-10) lowers a loss of ~1e-7 by less than its rounding; refusing it left the gap at 1e-13, not eps^3 |w3|
+    S, A, gamma, tau = 16, 3, 0.9, 0.1
+    mdp, pi_bar = tb.random_mdp(S, A, gamma, seed=0), tb.random_policy(S, A, seed=3)
+    pol = nat.log_linear_policy(S, A, 8, seed=5)
+    theta = pol.init_params(seed=6)
+    pi, logp = pol(theta), pol.log_prob(theta)
+    occ = pg.state_occupancy(mdp, pi, torch.full((S,), 1.0 / S, dtype=F64), discount=gamma)
+    rho = (occ / occ.sum())[:, None] * pi
+    a_reg = nat.regularized_advantage(pg.proper_advantage(mdp, pi, tau, pi_bar), logp - pi_bar.log(),
+                                      kl(pi, pi_bar)[:, None], tau)
+    w1, _ = nat.second_order_step(pol.log_prob, theta, a_reg, rho)
+    gaps = []
+    for eps in (1e-3, 2e-3):
+        res = lambda th, eps=eps: nat.natural_regression_residual(pol.log_prob(th), logp, a_reg, eps)  # noqa: E731
+        th_star = nat.minimize_least_squares(res, theta, rho)
+        assert jacrev(lambda th: 0.5 * (rho * res(th) ** 2).sum())(th_star).norm() < 1e-15   # noqa: B023
+        gaps.append((th_star - theta - eps * w1).norm().item())
+    assert 7.9 < gaps[1] / gaps[0] < 8.1                 # eps^3: doubling eps multiplies the gap by 8
+
+
 @pytest.mark.parametrize("kind", ["mlp", "log-linear"])
 def test_second_order_step_predicts_the_exact_minimizer(kind):
     pol, theta, psi, rho, delta, a_reg, pi_bar = problem(seed=7, kind=kind)
