@@ -345,8 +345,8 @@ def minimize_least_squares(residual_fn: ResidualFn, theta0: torch.Tensor, weight
     Newton's method with the exact Hessian ``H`` (``torch.func.hessian``), damped Levenberg-Marquardt style
     (``H + lam I``, ``lam`` raised until ``L`` does not increase, lowered again after each accepted step) and
     minimum-norm where ``H`` is singular (flat directions, as for a table of logits). A step is taken when ``L`` does
-    not increase beyond rounding (:func:`_accept`: within ``1e-10 |L|`` and halving the gradient). Stops when a step is shorter
-    than ``tol (1 + |theta|)``: near a minimum with a positive-definite Hessian the undamped steps converge
+    not increase beyond rounding (:func:`_accept`: within ``1e-10 |L|`` and halving the gradient). Stops when a step
+    is shorter than ``tol (1 + |theta|)``: near a minimum with a positive-definite Hessian the undamped steps converge
     quadratically, so the error left is far below ``tol``. Raises RuntimeError if ``max_iter`` steps do not get
     there. (A nonlinear problem can have several minima; this is the one the damped Newton path from ``theta0``
     finds, which for the small steps of this chapter is the one nearest ``theta0``.)
