@@ -55,6 +55,7 @@ __all__ = [
     "enumerate_rollouts",
     "AscentResult",
     "gradient_ascent",
+    "newton_step",
 ]
 
 
@@ -332,34 +333,44 @@ def enumerate_rollouts(mdp: tb.MDP, pi: torch.Tensor, mu0: torch.Tensor,
 @dataclass
 class AscentResult:
     """Result of :func:`gradient_ascent`: final logits ``theta: [S, A]``, ``returns[k] = J(theta_k)``,
-    ``grad_norms[k] = ||g(theta_k)||`` of the followed direction (k = 0..number of steps taken), and ``converged``:
-    whether ``||g||`` reached the ascent's ``tol`` (always False without one)."""
+    ``grad_norms[k] = ||g(theta_k)||`` of the followed direction (k = 0..number of steps taken), ``converged``:
+    whether ``||g||`` reached the ascent's ``tol`` (always False without one), and ``newton_steps``: how many of the
+    steps were Newton steps (the last ones)."""
 
     theta: torch.Tensor
     returns: list[float] = field(default_factory=list)
     grad_norms: list[float] = field(default_factory=list)
     converged: bool = False
+    newton_steps: int = 0
 
 
 def gradient_ascent(mdp: tb.MDP, theta0: torch.Tensor, tau: float, pi_bar: torch.Tensor | None, mu0: torch.Tensor,
                     direction: Callable[[torch.Tensor], torch.Tensor], steps: int, lr: float,
-                    tol: float | None = None) -> AscentResult:
+                    tol: float | None = None, newton_steps: int = 0) -> AscentResult:
     """``theta_{k+1} = theta_k + lr * direction(theta_k)`` for ``steps`` steps, recording ``J(theta_k)``
     (:func:`regularized_return` with ``gamma = mdp.gamma``) and ``||direction(theta_k)||``. With ``tol``, ``steps``
     is a maximum: the ascent stops at the first ``theta_k`` with ``||direction(theta_k)|| <= tol``
     (``converged = True``), so that it reaches the same accuracy whatever the instance's conditioning.
+
+    ``newton_steps``: if the fixed-step phase ends above ``tol``, at most this many Newton steps on
+    ``direction(theta) = 0`` follow (:func:`newton_step`), recorded the same way. A fixed step converges at the rate
+    of the flattest direction, and a policy near-deterministic in a rarely visited state makes that rate tiny (the
+    curvature there is ``tau rho(s) Cov_pi``); Newton's method does not care.
 
     ``direction`` maps logits ``[S, A]`` to an ascent direction ``[S, A]``, e.g. the exact expectation of the proper or
     the naive estimator (:func:`exact_gradient`), or :func:`true_gradient`.
     """
     theta = _theta(mdp, theta0, "theta0").detach().to(DTYPE).clone()
     steps = validate_count(steps, "steps", 0)
+    newton_steps = validate_count(newton_steps, "newton_steps", 0)
     if not lr > 0:
         raise ValueError(f"lr must be > 0, got {lr!r}")
     if tol is not None and not tol > 0:
         raise ValueError(f"tol must be > 0 or None, got {tol!r}")
+    if newton_steps and tol is None:
+        raise ValueError("newton_steps needs a tol to stop at")
     out = AscentResult(theta)
-    for k in range(steps + 1):
+    for k in range(steps + newton_steps + 1):
         out.returns.append(regularized_return(mdp, theta, tau, pi_bar, mu0).item())
         g = direction(theta)
         out.grad_norms.append(g.norm().item())
@@ -368,5 +379,35 @@ def gradient_ascent(mdp: tb.MDP, theta0: torch.Tensor, tau: float, pi_bar: torch
             break
         if k < steps:
             theta = theta + lr * g
+        elif k < steps + newton_steps:
+            theta = theta + newton_step(direction, theta, g)
+            out.newton_steps += 1
     out.theta = theta
     return out
+
+
+def newton_step(direction: Callable[[torch.Tensor], torch.Tensor], theta: torch.Tensor,
+                value: torch.Tensor | None = None, h: float = 1e-6) -> torch.Tensor:
+    """One Newton step ``delta`` toward a zero of the field ``g = direction(theta)``: ``[S, A]``, like ``theta``.
+
+    ``delta = -J^+ g`` with ``J = dg/dtheta`` by central differences of step ``h`` (the fields of this module compute
+    their gradients with autograd inside, so a functional transform cannot differentiate them) and the
+    pseudo-inverse because the logits of a state are defined up to a constant (``J`` is singular along those
+    directions). The step is halved, up to 40 times, until ``||g||`` decreases. ``value``: ``direction(theta)`` if
+    already computed.
+    """
+    g = direction(theta) if value is None else value
+    n = theta.numel()
+    cols = []
+    for i in range(n):
+        e = torch.zeros(n, dtype=theta.dtype)
+        e[i] = h
+        e = e.reshape(theta.shape)
+        cols.append(((direction(theta + e) - direction(theta - e)) / (2 * h)).reshape(-1))
+    delta = -(torch.linalg.pinv(torch.stack(cols, 1)) @ g.reshape(-1)).reshape(theta.shape)
+    norm = float(g.norm())
+    for _ in range(40):
+        if float(direction(theta + delta).norm()) < norm:
+            return delta
+        delta = delta / 2
+    raise RuntimeError(f"newton_step: no step along the Newton direction decreases ||direction|| = {norm:.3g}")

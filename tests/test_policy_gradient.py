@@ -228,3 +228,23 @@ def test_gradient_ascent_to_a_tolerance_stops_when_the_direction_is_that_small()
     assert not short.converged and len(short.returns) == 6
     with pytest.raises(ValueError, match="tol"):
         pg.gradient_ascent(mdp, torch.zeros(4, 3, dtype=F64), tau, None, mu0, field, 5, 3.0, tol=0.0)
+
+
+def test_newton_steps_finish_an_ascent_that_fixed_steps_cannot():
+    # 5 fixed steps are far from enough; Newton's method on the field's zero then reaches the optimum in a few steps
+    mdp, tau = tb.random_mdp(4, 3, 1.0, seed=5, n_terminal=1, p_end=0.4), 0.3
+    mu0 = mdp.live / mdp.live.sum()
+    occ = lambda p: pg.state_occupancy(mdp, p, mu0)  # noqa: E731
+    field = lambda th: pg.exact_gradient(mdp, th, tau, None, occ)  # noqa: E731
+    run = pg.gradient_ascent(mdp, torch.zeros(4, 3, dtype=F64), tau, None, mu0, field, 5, 3.0 / tau, tol=1e-10,
+                             newton_steps=30)
+    assert run.converged and run.grad_norms[-1] <= 1e-10 and 0 < run.newton_steps < 30
+    assert len(run.returns) == 6 + run.newton_steps
+    opt = tb.soft_policy_iteration(mdp, tau)
+    assert abs(run.returns[-1] - (mu0 @ opt.v).item()) < 1e-9
+    live = mdp.live.bool()
+    torch.testing.assert_close(pg.policy(run.theta)[live], opt.pi[live], rtol=0, atol=1e-8)
+    with pytest.raises(ValueError, match="newton_steps needs a tol"):
+        pg.gradient_ascent(mdp, torch.zeros(4, 3, dtype=F64), tau, None, mu0, field, 5, 3.0, newton_steps=3)
+    with pytest.raises(RuntimeError, match="no step along the Newton direction"):
+        pg.newton_step(lambda th: th * 0 + 1.0, torch.zeros(2, 2, dtype=F64))    # a constant field has no zero
