@@ -3,6 +3,7 @@
 import re
 import shutil
 import subprocess
+import sys
 
 import pytest
 
@@ -122,14 +123,24 @@ def _visible_text(dom: str) -> str:
 
 @pytest.mark.skipif(CHROMIUM is None, reason="no Chromium here (Debian: apt install chromium; make test installs it)")
 def test_built_site_in_a_real_browser(tmp_path):
-    """The site from the chapters' sources: the index links every chapter, equations are typeset by the local
-    MathJax (no raw $$, no error box) and search finds a word of chapter 4."""
-    index = site.build(sources=True, out=tmp_path / "site", src=tmp_path / "src")
+    """The site from one executed chapter (chapter 1, smoke mode) and the others' sources: the index links every
+    chapter and says which lack outputs, chapter 1 shows its executed check lines and figure, equations are typeset
+    by the local MathJax (no raw $$, no error box) and search finds a word of chapter 4."""
+    subprocess.run([sys.executable, "-m", "softq.book", "01", "--smoke", "--out", str(tmp_path / "run")], check=True,
+                   capture_output=True, timeout=600)
+    index = site.build(out=tmp_path / "site", src=tmp_path / "src", executed=tmp_path / "run" / "notebooks")
     profile = tmp_path / "profile"
     home = _rendered(index.as_uri(), profile)
     for md in sorted(site.NOTEBOOKS.glob("[0-9][0-9]_*.md")):
         assert f'href="{md.stem}.html"' in home, f"the index does not link {md.stem}"
+    assert "not executed in that run: 00_preface, 02_regularized_mdps" in _visible_text(home).replace("\n", " ")
     bandit = _rendered((index.parent / "01_bandit.html").as_uri(), profile)
+    assert bandit.count('<span class="softq-ok">ok</span>') >= 30, "chapter 1's check lines are not shown"
+    assert '<span class="softq-errat">errat</span>' in bandit, "chapter 1's errata are not marked"
+    assert re.search(r'<img [^>]*src="[^"]*\.png"', bandit), "chapter 1's figure is not shown"
+    assert "Traceback" not in bandit, "an error shows"
+    assert str(site.ROOT) not in _visible_text(bandit), "an absolute path shows"
+    assert "softq-ok" not in _rendered((index.parent / "02_regularized_mdps.html").as_uri(), profile)
     assert 'class="dropdown admonition toggle toggle-hidden"' in bandit, "exercise solutions are not folded"
     assert 'href="#eq-7"' in bandit and 'id="eq-7"' in bandit, "eq (7) is not linked to its display"
     assert 'href="02_regularized_mdps.html#eq-40"' in _rendered((index.parent / "04_equivalence.html").as_uri(),

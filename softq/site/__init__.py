@@ -2,7 +2,8 @@
 
 Usage (``make book`` runs it after executing the chapters)::
 
-    python -m softq.site                 # build/site/index.html from build/notebooks/ (make book's executed run)
+    python -m softq.site                 # build/site/index.html from build/notebooks/ (make book's executed run;
+                                         # a chapter not executed there is shown without outputs)
     python -m softq.site --sources       # from notebooks/*.md, unexecuted (code without outputs; fast)
 
 The site is built from the *executed* notebooks that :mod:`softq.book` writes, so it shows that run's outputs and
@@ -263,41 +264,48 @@ Check lines read `ok` (the claim holds), `errat` (the equation fails as typed: a
 """
 
 
-def load_notebooks(sources: bool) -> dict[str, object]:
-    """``{chapter name: notebook node}``: the executed notebooks of ``make book`` (``build/notebooks/``), or with
-    ``sources`` the chapters' Markdown without outputs."""
+def load_notebooks(sources: bool, executed: Path | None = None) -> tuple[dict[str, object], list[str]]:
+    """``({chapter name: notebook node}, [chapters without outputs])``: each chapter's executed notebook from
+    ``executed`` (default ``build/notebooks/``, written by ``make book`` or ``python -m softq.book 01 ...``), or its
+    Markdown without outputs where there is none; with ``sources``, every chapter's Markdown."""
     import jupytext
     import nbformat
 
     mds = chapters()
     if not mds:
         raise FileNotFoundError(f"no chapters in {NOTEBOOKS}")
-    out = {}
+    executed = BUILD / "notebooks" if executed is None else Path(executed)
+    out, without = {}, []
     for md in mds:
-        executed = BUILD / "notebooks" / f"{md.stem}.ipynb"
-        if sources:
-            out[md.stem] = jupytext.read(md)
-        elif executed.exists():
-            out[md.stem] = nbformat.read(executed, as_version=4)
+        run = executed / f"{md.stem}.ipynb"
+        if not sources and run.exists():
+            out[md.stem] = nbformat.read(run, as_version=4)
         else:
-            raise FileNotFoundError(f"{executed} is missing: run `make book` (or use --sources for the unexecuted "
-                                    f"chapters)")
-    return out
+            out[md.stem] = jupytext.read(md)
+            without.append(md.stem)
+    return out, without
 
 
-def build(sources: bool = False, out: Path = SITE, src: Path = SITE_SRC, quiet: bool = True) -> Path:
-    """Write the site's sources to ``src`` and build it into ``out``; return ``out / "index.html"``."""
+def build(sources: bool = False, out: Path = SITE, src: Path = SITE_SRC, quiet: bool = True,
+          executed: Path | None = None) -> Path:
+    """Write the site's sources to ``src`` and build it into ``out``; return ``out / "index.html"``.
+    ``executed``: the folder of executed notebooks (:func:`load_notebooks`)."""
     import nbformat
     from sphinx.cmd.build import build_main
 
-    notebooks = load_notebooks(sources)
+    notebooks, without = load_notebooks(sources, executed)
+    if without and not sources:
+        print(f"softq.site: no executed notebook for {', '.join(without)}: shown without outputs "
+              f"(`make book` runs every chapter)", file=sys.stderr)
     refs = collect_references({name: [c.source for c in nb.cells if c.cell_type == "markdown"]
                                for name, nb in notebooks.items()})
     shutil.rmtree(src, ignore_errors=True)
     src.mkdir(parents=True)
     for name, nb in notebooks.items():
         nbformat.write(prepare_notebook(nb, refs, name), src / f"{name}.ipynb")
-    stamp = " (here without outputs: built from the unexecuted chapters)" if sources else ""
+    stamp = ("" if not without else " (here without outputs: built from the unexecuted chapters)"
+             if len(without) == len(notebooks) else
+             f" (without outputs, not executed in that run: {', '.join(without)})")
     (src / "index.md").write_text(INDEX.format(toc="\n".join(notebooks), stamp=stamp), encoding="utf-8")
     args = ["-b", "html", "-c", str(CONF_DIR), "-j", "1", str(src), str(out)] + (["-q"] if quiet else [])
     if build_main(args) != 0:
@@ -308,10 +316,12 @@ def build(sources: bool = False, out: Path = SITE, src: Path = SITE_SRC, quiet: 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m softq.site", description=__doc__.split("\n\n")[0])
     ap.add_argument("--sources", action="store_true", help="build from notebooks/*.md without outputs")
+    ap.add_argument("--executed", type=Path, default=None,
+                    help="folder of executed notebooks (default: build/notebooks, make book's)")
     ap.add_argument("--out", type=Path, default=SITE, help=f"output folder (default: {SITE.relative_to(ROOT)})")
     args = ap.parse_args(argv)
     try:
-        index = build(sources=args.sources, out=args.out)
+        index = build(sources=args.sources, out=args.out, executed=args.executed)
     except FileNotFoundError as err:
         print(f"python -m softq.site: {err}", file=sys.stderr)
         return 1
