@@ -396,6 +396,8 @@ def newton_step(direction: Callable[[torch.Tensor], torch.Tensor], theta: torch.
     directions). The step is halved, up to 40 times, until ``||g||`` decreases. ``value``: ``direction(theta)`` if
     already computed.
     """
+    if not (isinstance(h, (int, float)) and 0 < h < 1):
+        raise ValueError(f"h must be a step in (0, 1), got {h!r}")
     g = direction(theta) if value is None else value
     n = theta.numel()
     cols = []

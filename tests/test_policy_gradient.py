@@ -248,3 +248,5 @@ def test_newton_steps_finish_an_ascent_that_fixed_steps_cannot():
         pg.gradient_ascent(mdp, torch.zeros(4, 3, dtype=F64), tau, None, mu0, field, 5, 3.0, newton_steps=3)
     with pytest.raises(RuntimeError, match="no step along the Newton direction"):
         pg.newton_step(lambda th: th * 0 + 1.0, torch.zeros(2, 2, dtype=F64))    # a constant field has no zero
+    with pytest.raises(ValueError, match="h must be"):
+        pg.newton_step(field, torch.zeros(4, 3, dtype=F64), h=0.0)
