@@ -94,6 +94,22 @@ def read_runs(experiment: str | Path, rule: str, *, x: str = "frames", y: str = 
     return out
 
 
+def game_lengths(experiment: str | Path, rule: str, *, window_frames: float = 1e6) -> dict[int, float]:
+    """``{seed: mean frames per finished game}`` of each run of ``rule``, over the last ``window_frames`` frames of
+    its log: ``(frames[-1] - frames[j]) / (episodes[-1] - episodes[j])`` with ``j`` the last row at least
+    ``window_frames`` before the end (the first row if the log is shorter; ``frames`` counts every environment's frames, ``episodes`` every finished
+    game, so the ratio is the mean length of the games being played then). NaN where no game finished."""
+    if not (isinstance(window_frames, int | float) and math.isfinite(window_frames) and window_frames > 0):
+        raise ValueError(f"window_frames must be a finite number > 0, got {window_frames!r}")
+    out = {}
+    for seed, (frames, episodes) in read_runs(experiment, rule, y="episodes").items():
+        j = int(np.searchsorted(frames, frames[-1] - window_frames, side="right")) - 1
+        j = max(j, 0)
+        games = episodes[-1] - episodes[j]
+        out[seed] = float((frames[-1] - frames[j]) / games) if games > 0 else math.nan
+    return out
+
+
 def has_runs(experiment: str | Path, rules) -> bool:
     """Whether ``experiment`` holds at least one logged run of every rule in ``rules``."""
     return Path(experiment).is_dir() and all(read_runs(experiment, r) for r in rules)

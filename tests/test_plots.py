@@ -132,3 +132,27 @@ def test_figure_dir_follows_softq_figures(tmp_path, monkeypatch):
     assert plots.figure_dir() == tmp_path / "variant"
     monkeypatch.delenv("SOFTQ_FIGURES")
     assert plots.figure_dir() in (plots.config.FIGURES, plots.config.BUILD / "figures-smoke")
+
+
+def _write_episodes(path, rows):
+    path.mkdir(parents=True)
+    lines = ["frames,episodes,score_mean100"] + [f"{f},{e},{s}" for f, e, s in rows]
+    (path / "progress.csv").write_text("\n".join(lines) + "\n")
+
+
+def test_game_lengths_over_the_last_window(tmp_path):
+    # seed 0: 4 games in the last 1000 frames (rows at 1000 and 2000) -> 250 frames per game; seed 1: no game
+    # finished in the window -> NaN; a log shorter than the window is read from its first row.
+    _write_episodes(tmp_path / "hard" / "seed0", [(500, 0, ""), (1000, 2, -21), (1500, 4, -20), (2000, 6, -19)])
+    _write_episodes(tmp_path / "hard" / "seed1", [(1000, 3, -21), (2000, 3, -21)])
+    lengths = plots.game_lengths(tmp_path, "hard", window_frames=1000)
+    assert lengths[0] == pytest.approx(250.0)
+    assert lengths[1] != lengths[1]  # NaN
+    assert plots.game_lengths(tmp_path, "hard", window_frames=1e9)[0] == pytest.approx(1500 / 6)
+    assert plots.game_lengths(tmp_path, "soft_ent_tau0.1") == {}
+
+
+@pytest.mark.parametrize("window", [0, -1.0, float("nan"), "1e6"])
+def test_game_lengths_rejects_a_bad_window(tmp_path, window):
+    with pytest.raises(ValueError, match="window_frames"):
+        plots.game_lengths(tmp_path, "hard", window_frames=window)
