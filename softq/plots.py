@@ -97,8 +97,9 @@ def read_runs(experiment: str | Path, rule: str, *, x: str = "frames", y: str = 
 def game_lengths(experiment: str | Path, rule: str, *, window_frames: float = 1e6) -> dict[int, float]:
     """``{seed: mean frames per finished game}`` of each run of ``rule``, over the last ``window_frames`` frames of
     its log: ``(frames[-1] - frames[j]) / (episodes[-1] - episodes[j])`` with ``j`` the last row at least
-    ``window_frames`` before the end (the first row if the log is shorter; ``frames`` counts every environment's frames, ``episodes`` every finished
-    game, so the ratio is the mean length of the games being played then). NaN where no game finished."""
+    ``window_frames`` before the end (the first row if the log is shorter). ``frames`` counts every environment's
+    frames and ``episodes`` every finished game, so the ratio is the mean length of the games played then. NaN
+    where no game finished."""
     if not (isinstance(window_frames, int | float) and math.isfinite(window_frames) and window_frames > 0):
         raise ValueError(f"window_frames must be a finite number > 0, got {window_frames!r}")
     out = {}
