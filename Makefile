@@ -103,6 +103,16 @@ grid-pong: $(STAMP)
 grid-atari: $(STAMP)
 	$(PY) -m softq.rl train --envs $(ATARI6) $(A2C_GRID) $(ARGS)
 
+# Figure 2's Pong panel on a 2-core CPU (chapter 7): DQN with softq.rl.dqn.PONG_CPU's settings (Tianshou's Atari
+#   DQN, 4M frames a run), seed 0 of standard, entropy-bonus and KL-penalty targets (tau 0.1), then the 5-step
+#   standard target (Figure 2's "standard, n=5") and the 5-step entropy target, two runs side by side. --fill as above:
+#   ARGS="--dry-run", ARGS="--time-limit-minutes 130", ARGS="--seeds 0,1".
+DQN_PONG := --algo dqn --env PongNoFrameskip-v4 --preset pong-cpu --tau 0.1 --seeds 0 --fill --parallel 2 --no-progress
+.PHONY: grid-pong-dqn
+grid-pong-dqn: $(STAMP)
+	$(PY) -m softq.rl train $(DQN_PONG) --targets hard,soft_ent,soft_kl --n-steps 1 $(ARGS)
+	$(PY) -m softq.rl train $(DQN_PONG) --targets hard,soft_ent --n-steps 5 $(ARGS)
+
 # `make lease`: the one prepared command for a lent GPU machine (tools/lease.sh; its header says how to call it with
 #   the device tool): install the carried wheels if needed, bench (<= 90 s), then A2C naive/proper/soft_q on Pong side
 #   by side for the rest of LEASE_SECONDS (default 540), packed into $OUT (default lease-out/) as <= 8 files < 16 MiB.

@@ -574,3 +574,25 @@ def test_pong_cpu_preset_is_tianshous_schedule():
         assert agent.epsilon() == pytest.approx(eps, abs=1e-12), k
     cfg = agent.cfg
     assert cfg.target_update / cfg.train_frequency == 500 and cfg.num_envs == 10 and PONG_CPU["buffer_size"] == 100_000
+
+
+def test_cli_preset_sets_defaults_that_explicit_options_override(tmp_path, capsys):
+    """``--preset pong-cpu`` makes PONG_CPU the defaults of the DQN options; an explicit option still wins; an
+    unknown preset, or a preset for A2C, is a usage error naming --preset."""
+    from softq.rl.__main__ import _parser
+    from softq.rl.dqn import PONG_CPU, PRESETS
+
+    args = _parser("dqn", "pong-cpu").parse_args(["train", "--algo", "dqn", "--preset", "pong-cpu", "--num-envs", "4"])
+    assert args.num_envs == 4
+    assert {k: getattr(args, k) for k in PONG_CPU if k != "num_envs"} == {k: v for k, v in PONG_CPU.items()
+                                                                         if k != "num_envs"}
+    plain = _parser("dqn").parse_args(["train", "--algo", "dqn"])
+    assert plain.preset == "cleanrl" and PRESETS["cleanrl"] == {}
+    assert (plain.buffer_size, plain.train_frequency) == (Config.buffer_size, Config.train_frequency)
+    cmd = ["train", "--algo", "dqn", "--preset", "pong-cpu", "--env", "CartPole-v1", "--fill", "--dry-run",
+           "--results", str(tmp_path), "--experiment", "demo"]
+    assert main(cmd) == 0
+    for bad in (["train", "--algo", "dqn", "--preset", "pong"], ["train", "--preset", "pong-cpu"]):
+        with pytest.raises(SystemExit):
+            main(bad)
+        assert "--preset" in capsys.readouterr().err

@@ -8,6 +8,8 @@ Examples::
     python -m softq.rl train --env PongNoFrameskip-v4 --rules naive,proper,soft_q --seeds 0,1,2 --fill \
         --parallel 2 --time-limit-minutes 170   # the grid: skips finished runs, resumes paused ones (--dry-run)
     python -m softq.rl train --algo dqn --target soft_ent --tau 0.1 --n-step 5 --env PongNoFrameskip-v4
+    python -m softq.rl train --algo dqn --preset pong-cpu --targets hard,soft_ent,soft_kl --fill \
+        --parallel 2   # Figure 2's Pong panel on a 2-core CPU (softq.rl.dqn.PONG_CPU: 4M frames a run)
     python -m softq.rl train --algo dqn --targets hard,soft_kl,soft_ent --taus 0.1,0.01 --n-steps 1,5 \
         --experiment dqn-pong --parallel 3 --time-limit-minutes 9   # 9 variants (hard once per n)
     python -m softq.rl bench --game pong --seconds 10
@@ -52,6 +54,14 @@ def _algo(argv: list[str]) -> str:
     return pre.parse_known_args(argv)[0].algo
 
 
+def _preset(argv: list[str]) -> str | None:
+    """The value of ``--preset`` in ``argv`` (DQN: a name in :data:`softq.rl.dqn.PRESETS`), or None: it sets the
+    defaults of the Config's options, which explicit options then override."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--preset")
+    return pre.parse_known_args(argv)[0].preset
+
+
 _FIELD = re.compile(r"^    (\w+): [^=]+= .*?  # (.*)$")
 _MORE = re.compile(r"^    #\s{2,}(.*)$")
 
@@ -71,7 +81,7 @@ def field_help(cls) -> dict[str, str]:
     return out
 
 
-def _parser(algo: str = "a2c") -> argparse.ArgumentParser:
+def _parser(algo: str = "a2c", preset: str | None = None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m softq.rl", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
     other = "dqn" if algo == "a2c" else "a2c"
@@ -80,11 +90,21 @@ def _parser(algo: str = "a2c") -> argparse.ArgumentParser:
                        epilog=f"{other.upper()} has its own options: python -m softq.rl train --algo {other} --help")
     cls = config_class(algo)
     helps = field_help(cls)
+    presets = {}
+    if algo == "dqn":
+        from softq.rl.dqn import PRESETS as presets
+
+        t.add_argument("--preset", choices=sorted(presets), default="cleanrl",
+                       help="a named set of defaults for the options below, which explicit options override: "
+                            "cleanrl (CleanRL's dqn_atari), pong-cpu (softq.rl.dqn.PONG_CPU: Tianshou's Atari DQN, "
+                            "Pong in 4M frames on a 2-core CPU)")
+    chosen = presets.get(preset or "cleanrl", {})
     for f in dataclasses.fields(cls):
         kind = type(f.default)
+        default = chosen.get(f.name, f.default)
         text = helps.get(f.name, "").replace("%", "%%")
-        t.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=f.default,
-                       help=f"{text} (default {f.default!r})" if text else f"(default {f.default!r})")
+        t.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=default,
+                       help=f"{text} (default {default!r})" if text else f"(default {default!r})")
     t.add_argument("--rules", type=_list(str), help=f"A2C: several rules, comma-separated, from {RULES}")
     t.add_argument("--targets", type=_list(str), help="DQN: several targets, comma-separated (hard,soft_kl,soft_ent)")
     t.add_argument("--taus", type=_list(float), help="DQN: several temperatures of the soft targets")
@@ -195,7 +215,8 @@ def _bench(args, parser) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     algo = _algo(argv)
-    parser = _parser(algo if algo in ("a2c", "dqn") else "a2c")
+    preset = _preset(argv)
+    parser = _parser(algo if algo in ("a2c", "dqn") else "a2c", preset if algo == "dqn" else None)
     if argv[:1] == ["train"] and algo not in ("a2c", "dqn"):
         parser.error(f"argument --algo: must be 'a2c' or 'dqn', got {algo!r}")
     args = parser.parse_args(argv)
