@@ -23,7 +23,8 @@ import numpy as np
 from softq import config
 
 __all__ = ["figure_dir", "savefig", "read_runs", "has_runs", "curve_stats", "plot_learning_curves",
-           "learning_curve_grid", "RULE_STYLE", "run_records", "config_spread", "budget_caption",
+           "learning_curve_grid", "game_length_trace", "game_lengths",
+           "RULE_STYLE", "run_records", "config_spread", "budget_caption",
            "plot_runs"]
 
 #: Colours and labels of the update rules in every learning-curve figure.
@@ -94,21 +95,35 @@ def read_runs(experiment: str | Path, rule: str, *, x: str = "frames", y: str = 
     return out
 
 
-def game_lengths(experiment: str | Path, rule: str, *, window_frames: float = 1e6) -> dict[int, float]:
-    """``{seed: mean frames per finished game}`` of each run of ``rule``, over the last ``window_frames`` frames of
-    its log: ``(frames[-1] - frames[j]) / (episodes[-1] - episodes[j])`` with ``j`` the last row at least
-    ``window_frames`` before the end (the first row if the log is shorter). ``frames`` counts every environment's
-    frames and ``episodes`` every finished game, so the ratio is the mean length of the games played then. NaN
-    where no game finished."""
+def game_length_trace(experiment: str | Path, rule: str, *, window_frames: float = 4e5
+                      ) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """``{seed: (frames [n], score_mean100 [n], frames per game [n])}`` of each run of ``rule``: at each log row
+    ``i``, the mean length of the games finished over the ``window_frames`` frames before it,
+    ``(frames[i] - frames[j]) / (episodes[i] - episodes[j])`` with ``j`` the last row at least ``window_frames``
+    before ``i`` (the first row where the log is shorter). ``frames`` counts every environment's frames and
+    ``episodes`` every finished game, so the ratio is the mean length of the games played then. NaN where no game
+    finished in the window (and at the first row). With the score it shows how long games are at a given level of
+    play: the entropy bonus's effect on episode lengths (chapter 7)."""
     if not (isinstance(window_frames, int | float) and math.isfinite(window_frames) and window_frames > 0):
         raise ValueError(f"window_frames must be a finite number > 0, got {window_frames!r}")
+    scores = read_runs(experiment, rule)
     out = {}
     for seed, (frames, episodes) in read_runs(experiment, rule, y="episodes").items():
-        j = int(np.searchsorted(frames, frames[-1] - window_frames, side="right")) - 1
-        j = max(j, 0)
-        games = episodes[-1] - episodes[j]
-        out[seed] = float((frames[-1] - frames[j]) / games) if games > 0 else math.nan
+        n = min(len(frames), len(scores[seed][1]))  # a run still writing may have grown between the two reads
+        frames, episodes = frames[:n], episodes[:n]
+        j = np.maximum(np.searchsorted(frames, frames - window_frames, side="right") - 1, 0)
+        games = episodes - episodes[j]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            lengths = np.where(games > 0, (frames - frames[j]) / np.where(games > 0, games, 1), np.nan)
+        out[seed] = (frames, scores[seed][1][:n], lengths)
     return out
+
+
+def game_lengths(experiment: str | Path, rule: str, *, window_frames: float = 1e6) -> dict[int, float]:
+    """``{seed: mean frames per finished game}`` of each run of ``rule`` over the last ``window_frames`` frames of
+    its log: the last point of :func:`game_length_trace`. NaN where no game finished."""
+    return {seed: float(lengths[-1])
+            for seed, (_, _, lengths) in game_length_trace(experiment, rule, window_frames=window_frames).items()}
 
 
 def has_runs(experiment: str | Path, rules) -> bool:
@@ -260,11 +275,14 @@ def budget_caption(records: dict[tuple[str, int], dict], paper_frames: float = 3
     walls = [m["status"].get("wall_s") for m in records.values() if m["status"].get("wall_s")]
     machines = sorted({f"{m['machine'].get('gpu') or m['machine']['cpu']} ({m['machine']['cores']} cores)"
                        for m in records.values()})
-    optim = sorted({m["config"].get("optimizer", "?") for m in records.values()})
+    # A2C records its optimizer; DQN has one, Adam (softq.rl.dqn.Config: no optimizer field)
+    optim = sorted({m["config"].get("optimizer") or ("adam" if m["config"].get("algo") == "dqn" else "?")
+                    for m in records.values()})
     done = sum(m["status"].get("status") == "done" for m in records.values())
     reach = (f"{min(frames) / 1e6:.1f}M" if min(frames) == max(frames)
              else f"{min(frames) / 1e6:.1f}-{max(frames) / 1e6:.1f}M")
     lo, hi = (round(min(walls) / 60), round(max(walls) / 60)) if walls else (0, 0)
     wall = "" if not walls else f", {lo} min per run" if lo == hi else f", {lo}-{hi} min per run"
-    return (f"{len(records)} runs ({done} finished), {reach} frames each (paper: {paper_frames / 1e6:.0f}M); "
+    runs = f"{len(records)} run" + ("s" if len(records) != 1 else "")
+    return (f"{runs} ({done} finished), {reach} frames each (paper: {paper_frames / 1e6:.0f}M); "
             f"{', '.join(machines)}; optimizer {', '.join(optim)}{wall}")

@@ -123,6 +123,10 @@ def test_run_records_spread_and_caption(tmp_path):
     assert plots.config_spread(records) == {"lr": [0.0007, 0.001]}
     with pytest.raises(ValueError, match="no runs"):
         plots.budget_caption({})
+    dqn = {("hard", 0): {"config": {"algo": "dqn", "lr": 1e-4}, "machine": {"cpu": "Some CPU", "cores": 2},
+                         "status": {"status": "done", "frames": 4 * 10**6, "wall_s": 3696}}}
+    assert plots.budget_caption(dqn, paper_frames=40e6) == ("1 run (1 finished), 4.0M frames each (paper: 40M); "
+                                                            "Some CPU (2 cores); optimizer adam, 62 min per run")
 
 
 def test_figure_dir_follows_softq_figures(tmp_path, monkeypatch):
@@ -152,7 +156,21 @@ def test_game_lengths_over_the_last_window(tmp_path):
     assert plots.game_lengths(tmp_path, "soft_ent_tau0.1") == {}
 
 
+def test_game_length_trace_row_by_row(tmp_path):
+    # window 1000: row 1000 looks back to row 0 (2 games in 1000 frames), row 1500 to row 500 (4 in 1000), row 2000
+    # to row 1000 (4 in 1000); the first row has no window (NaN); the scores are the log's.
+    _write_episodes(tmp_path / "hard" / "seed0", [(0, 0, ""), (500, 1, -21), (1000, 2, -21), (1500, 5, -20),
+                                                  (2000, 6, -19)])
+    frames, scores, lengths = plots.game_length_trace(tmp_path, "hard", window_frames=1000)[0]
+    assert frames.tolist() == [0, 500, 1000, 1500, 2000]
+    assert scores[1:].tolist() == [-21, -21, -20, -19]
+    assert lengths[0] != lengths[0] and lengths[1:].tolist() == pytest.approx([500, 500, 250, 250])
+    assert plots.game_lengths(tmp_path, "hard", window_frames=1000)[0] == lengths[-1]
+
+
 @pytest.mark.parametrize("window", [0, -1.0, float("nan"), "1e6"])
 def test_game_lengths_rejects_a_bad_window(tmp_path, window):
     with pytest.raises(ValueError, match="window_frames"):
         plots.game_lengths(tmp_path, "hard", window_frames=window)
+    with pytest.raises(ValueError, match="window_frames"):
+        plots.game_length_trace(tmp_path, "hard", window_frames=window)
