@@ -4,6 +4,7 @@
   and training lengths through :func:`smoke`; it never skips a check.
 - ``DTYPE``: ``torch.float64``, the dtype of every exact computation in the book.
 - :func:`device`: CUDA when present (the Atari agents), else CPU.
+- :func:`cores`: the CPU cores this process may run on (what "all the cores" means for threads).
 - ``ROOT``, ``FIGURES``, ``RESULTS``, ``BUILD``: the project's folders, wherever the notebook runs from.
 """
 
@@ -51,6 +52,14 @@ def device(prefer: str | None = None) -> torch.device:
     if dev.type == "cuda" and dev.index is None:
         dev = torch.device("cuda", 0)
     return dev
+
+
+def cores() -> int:
+    """The number of CPU cores this process may run on: its affinity mask where the OS has one (a container, a
+    ``taskset``, a run pinned by ``softq.rl.runs``), not the machine's count, which ``os.cpu_count`` gives."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
 
 
 def generator(seed: int) -> torch.Generator:

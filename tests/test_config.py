@@ -52,3 +52,18 @@ def test_cuda_device_always_has_an_index(monkeypatch, prefer):
     from torch.cuda import _get_device_index
 
     assert _get_device_index(dev) == 0  # what set_device does first; torch.device("cuda") raises here
+
+
+def test_cores_follows_the_affinity_mask(monkeypatch):
+    """``cores()`` counts the cores this process may use (a taskset, a container), not the machine's."""
+    import os
+
+    from softq import config
+
+    if not hasattr(os, "sched_getaffinity"):
+        pytest.skip("no affinity masks on this OS")
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3})
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    assert config.cores() == 1
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 5})
+    assert config.cores() == 3

@@ -278,3 +278,23 @@ def test_atari_scores_are_unclipped_rewards_are_clipped():
     assert scores[0] > clipped.max()  # space invaders pays 5-30 points per alien; learning sees 1
     assert scores[0] % 5 == 0
     env.close()
+
+
+def test_ale_threads_default_to_the_cores_this_process_may_use(monkeypatch):
+    """``threads=0`` gives ale-py min(num_envs, softq.config.cores()) workers: the affinity mask, not the machine."""
+    import ale_py.vector_env
+
+    from softq import config
+
+    seen = {}
+    real = ale_py.vector_env.AtariVectorEnv
+
+    def spy(*args, **kwargs):
+        seen["threads"] = kwargs["num_threads"]
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ale_py.vector_env, "AtariVectorEnv", spy)
+    monkeypatch.setattr(config, "cores", lambda: 1)
+    env = make_env("PongNoFrameskip-v4", 3)
+    env.close()
+    assert seen["threads"] == 1

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 from collections import deque
 from dataclasses import dataclass, fields
 from typing import Any
@@ -176,7 +175,7 @@ def auto_torch_threads(env: str, device: torch.device, cores: int | None = None)
     if device.type != "cpu" or env in CLASSIC_ENVS:
         return 1
     if cores is None:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 2
+        cores = softq_config.cores()
     return max(1, cores // 2)
 
 

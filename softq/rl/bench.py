@@ -150,7 +150,7 @@ def side_by_side(old_root: str | Path, reps: int = 3, seconds: float = 15.0, gam
     roots = {"old": Path(old_root).resolve(), "new": Path(__file__).resolve().parents[2]}
     if not (roots["old"] / "softq" / "rl" / "bench.py").exists():
         raise ValueError(f"old_root must be a checkout of softq (no softq/rl/bench.py under {old_root!r})")
-    threads = min(num_envs, os.cpu_count() or 1)
+    threads = min(num_envs, softq_config.cores())
     common = {
         "a2c": {"env": game, "rule": "proper", "frames": 10**12, "num_envs": num_envs, "env_threads": threads,
                 "device": "cpu"},
@@ -203,7 +203,7 @@ def run_bench(game: str = "pong", num_envs: int = 16, threads: int = 0, seconds:
     unknown = sorted(set(what) - {"a2c", "dqn", "graph"})
     if unknown:
         raise ValueError(f"what must name some of 'a2c', 'dqn', 'graph', got {unknown}")
-    threads = threads or min(num_envs, os.cpu_count() or 1)
+    threads = threads or min(num_envs, softq_config.cores())
     cfg = Config(env=game, rule="proper", frames=10**12, num_envs=num_envs, env_threads=threads, device=device)
     record: dict[str, Any] = {
         "what": "agent steps per second (1 step = 4 frames); A2C = rollouts + updates, rule proper",

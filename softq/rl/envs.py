@@ -85,13 +85,14 @@ preprocessed_env.cpp``, and measured in ``tests/test_rl_envs.py``) and what the 
 from __future__ import annotations
 
 import functools
-import os
 import pickle
 import re
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from softq import config as softq_config
 
 __all__ = ["ATARI_MAX_FRAMES", "ATARI_PROTOCOL", "CLASSIC_ENVS", "StepOut", "VecEnv", "atari_game",
            "atari_max_frames", "env_seeds", "is_atari", "make_env", "minimal_action_set", "protocol"]
@@ -406,7 +407,8 @@ def make_env(name: str, num_envs: int, *, threads: int = 0, backend: str = "ale"
     Args:
         name: a classic-control id (:data:`CLASSIC_ENVS`) or an Atari game ("PongNoFrameskip-v4", "Pong", "pong").
         num_envs: B >= 1.
-        threads: ALE worker threads (0: min(B, CPU count)); ignored for classic control.
+        threads: ALE worker threads (0: min(B, the cores this process may use, softq.config.cores)); ignored for
+            classic control.
         backend: "ale" (ale-py's C++ vector env, the default and the fast one) or "gymnasium" (Atari only:
             ``AsyncVectorEnv`` of ``AtariPreprocessing`` + ``FrameStackObservation``, the benchmark's baseline).
         max_frames: Atari: the frame cap in raw frames (None: :func:`atari_max_frames`, gym 2017's); ignored for
@@ -435,7 +437,7 @@ def make_env(name: str, num_envs: int, *, threads: int = 0, backend: str = "ale"
     else:
         from ale_py.vector_env import AtariVectorEnv
 
-        threads = threads or min(num_envs, os.cpu_count() or 1)
+        threads = threads or min(num_envs, softq_config.cores())
         venv = AtariVectorEnv(
             game, num_envs, num_threads=threads, repeat_action_probability=0.0, full_action_space=False,
             max_num_frames_per_episode=max_frames, autoreset_mode=AutoresetMode.NEXT_STEP,
