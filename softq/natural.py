@@ -53,6 +53,7 @@ __all__ = [
     "minimize_least_squares",
     "second_order_step",
     "directional_derivatives",
+    "series_coefficients",
 ]
 
 ResidualFn = Callable[[torch.Tensor], torch.Tensor]
@@ -423,3 +424,29 @@ def directional_derivatives(fn: ResidualFn, theta: torch.Tensor, direction: torc
         prev = derivs[-1]
         derivs.append(lambda th, prev=prev: jvp(prev, (th,), (v,))[1])
     return [f(theta) for f in derivs]
+
+
+def series_coefficients(eta_a: float, rest_a: torch.Tensor, eta_b: float, rest_b: torch.Tensor,
+                        order: int) -> tuple[float, float]:
+    """``(|w_k|, |w_{k+1}|)`` of a remainder ``rest(eta) = eta^k w_k + eta^(k+1) w_(k+1) + ...`` (``k = order``),
+    measured from two of its values, ``rest_a = rest(eta_a)`` and ``rest_b = rest(eta_b)``, ``0 < eta_a < eta_b``:
+
+        |w_k| ~ |rest_b| / eta_b^k,
+        |w_(k+1)| ~ |rest_b - (eta_b / eta_a)^k rest_a| / (eta_b^k (eta_b - eta_a)),
+
+    the second exact up to ``O(eta_b)`` relative terms since ``rest_b - (eta_b/eta_a)^k rest_a = eta_b^k (eta_b -
+    eta_a) w_(k+1) + ...``. Chapter 5 sizes the next order of the damped regression's expansion (eq 78) with it,
+    to set the tolerance of a fitted slope. Shapes: ``rest_a, rest_b: [P]`` (or any one shape).
+    """
+    order = validate_count(order, "order", 1)
+    for name, eta in (("eta_a", eta_a), ("eta_b", eta_b)):
+        if not (isinstance(eta, int | float) and math.isfinite(eta) and eta > 0):
+            raise ValueError(f"{name} must be a finite number > 0, got {eta!r}")
+    if not eta_a < eta_b:
+        raise ValueError(f"eta_a must be < eta_b, got eta_a={eta_a!r}, eta_b={eta_b!r}")
+    if not (isinstance(rest_a, torch.Tensor) and isinstance(rest_b, torch.Tensor) and rest_a.shape == rest_b.shape):
+        raise ValueError(f"rest_a and rest_b must be tensors of one shape, got {getattr(rest_a, 'shape', rest_a)!r} "
+                         f"and {getattr(rest_b, 'shape', rest_b)!r}")
+    w_k = float(rest_b.norm()) / eta_b**order
+    w_next = float((rest_b - (eta_b / eta_a) ** order * rest_a).norm()) / (eta_b**order * (eta_b - eta_a))
+    return w_k, w_next

@@ -249,3 +249,20 @@ def test_policies():
 def test_bad_arguments_raise_value_error_naming_them(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_series_coefficients_of_an_exact_two_term_series():
+    """rest(eta) = eta^3 a + eta^4 b exactly: the two-point estimates give |a| (up to eta_b |b|) and |b| exactly."""
+    from softq.natural import series_coefficients
+
+    a, b = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64), torch.tensor([3.0, 0.0, -1.0], dtype=torch.float64)
+    rest = lambda eta: eta**3 * a + eta**4 * b  # noqa: E731
+    w3, w4 = series_coefficients(1e-3, rest(1e-3), 2e-3, rest(2e-3), order=3)
+    assert w4 == pytest.approx(float(b.norm()), rel=1e-9)
+    assert w3 == pytest.approx(float((a + 2e-3 * b).norm()), rel=1e-12)
+    for bad, name in [((2e-3, rest(2e-3), 1e-3, rest(1e-3)), "eta_a"), ((0.0, rest(1e-3), 1e-3, rest(1e-3)), "eta_a"),
+                      ((1e-3, rest(1e-3), 2e-3, rest(2e-3)[:2]), "rest_a"), ((1e-3, 1.0, 2e-3, rest(2e-3)), "rest_a")]:
+        with pytest.raises(ValueError, match=name):
+            series_coefficients(*bad, order=3)
+    with pytest.raises(ValueError, match="order"):
+        series_coefficients(1e-3, rest(1e-3), 2e-3, rest(2e-3), order=0)
