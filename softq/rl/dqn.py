@@ -94,8 +94,8 @@ ATARI_SCHEDULE_FRAMES = 40_000_000
 #: variant's (Tianshou's ``DQNPolicy`` defaults to double Q-learning), and the loss is ``1/2 (Q - y)^2`` (Tianshou:
 #: ``(Q - y)^2``; Adam makes the factor almost immaterial). CleanRL's settings stay the defaults of :class:`Config`
 #: (``make train`` with a GPU). A run stops at the schedule's end, 4M frames (10% of Figure 2's budget). Trained
-#: here (2026-12-02/03, seed 0, results/dqn-PongNoFrameskip-v4/, chapter 7): the standard target reaches a last-100
-#: score of -10.9 at 4M frames, the standard 5-step target +5.5.
+#: here (2026-12-02/03, seeds 0 and 1, results/dqn-PongNoFrameskip-v4/, chapter 7): last-100 scores at 4M frames
+#: -10.9 and -12.8 with the standard target, +5.5 and +2.3 with the standard 5-step target.
 PONG_CPU = {"num_envs": 10, "buffer_size": 100_000, "batch_size": 32, "lr": 1e-4, "learning_starts": 320,
             "train_frequency": 10, "target_update": 5000, "eps_start": 1.0, "eps_end": 0.05,
             "exploration_fraction": 1.0, "schedule_frames": 4_000_000, "frames": 4_000_000}
