@@ -94,7 +94,7 @@ import numpy as np
 
 from softq import config as softq_config
 
-__all__ = ["ATARI_MAX_FRAMES", "ATARI_PROTOCOL", "CLASSIC_ENVS", "StepOut", "VecEnv", "atari_game",
+__all__ = ["ATARI_FRAMESKIP", "ATARI_MAX_FRAMES", "ATARI_PROTOCOL", "CLASSIC_ENVS", "StepOut", "VecEnv", "atari_game",
            "atari_max_frames", "env_seeds", "is_atari", "make_env", "minimal_action_set", "protocol"]
 
 #: Small discrete-action problems from gymnasium's classic control suite (CPU, no images).
