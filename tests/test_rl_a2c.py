@@ -288,3 +288,37 @@ def test_non_finite_weights_are_never_checkpointed(tmp_path):
     state = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
     assert state["agent"]["updates"] == 10
     assert all(torch.isfinite(t).all() for t in state["agent"]["net"].values())
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("rule", RULES)
+def test_the_update_is_the_gradient_of_a2c_loss_on_the_whole_rollout(rule, precision):
+    """One update steps along the gradient of :func:`a2c_loss` on the network's outputs for the rollout's
+    ``[T+1, B]`` observations, recomputed in one call (``compare.network_outputs``), at the run's precision; the
+    actions were sampled from the outputs of the rollout's own calls, which agree with the update's."""
+    import copy
+
+    from softq.rl.compare import network_outputs
+
+    cfg = Config(env="PongNoFrameskip-v4", rule=rule, frames=10**6, precision=precision, max_grad_norm=1e9,
+                 num_envs=2, num_steps=3, device="cpu", torch_threads=1, env_threads=1)
+    agent = A2C(cfg)
+    agent.step()
+    agent.collect()
+    bootstrap = agent._bootstrap
+    net = copy.deepcopy(agent.net)
+    with agent.precision():
+        log_pi, v = network_outputs(net, agent.buf_obs)
+    log_pi, v = log_pi.float(), v.float()
+    tol = {"fp32": 1e-4, "bf16": 2e-2}[precision]  # one call of 2 rows against one of 8: rounding only
+    assert torch.allclose(log_pi[-1], bootstrap[0], rtol=tol, atol=tol)
+    assert torch.allclose(log_pi.exp().sum(-1), torch.ones(()), atol=1e-5), "log pi is normalized in float32"
+    loss, _ = a2c_loss(log_pi, v, agent.buf_actions, agent.buf_rewards, agent.buf_terminal, agent.buf_reset,
+                       rule, cfg.gamma, cfg.tau, cfg.value_coef, cfg.penalty)
+    loss.backward()
+    agent.update()
+    for (name, p), q in zip(agent.net.named_parameters(), net.parameters(), strict=True):
+        assert torch.allclose(p.grad, q.grad, rtol=1e-3, atol=1e-6), name
+    with pytest.raises(RuntimeError, match="collect"):
+        agent.update()
+    agent.env.close()

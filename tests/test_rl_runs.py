@@ -178,6 +178,10 @@ def test_parallel_runs_split_the_cores(monkeypatch):
     assert core_slots(2) == [[0], [1]] and core_slots(3) == [[0], [1], [0]]
     cfg = split_threads(Config(env="PongNoFrameskip-v4", device="cpu"), 1)
     assert (cfg.env_threads, cfg.torch_threads) == (1, 1)
+    monkeypatch.setattr(softq.rl, "OPENMP_SPIN_BOUNDED", True)  # softq.rl bounded OpenMP's spinning
+    cfg = split_threads(Config(env="PongNoFrameskip-v4", device="cpu"), 8)
+    assert (cfg.env_threads, cfg.torch_threads) == (8, 8)
+    monkeypatch.setattr(softq.rl, "OPENMP_SPIN_BOUNDED", False)  # torch loaded first, with libgomp's default
     cfg = split_threads(Config(env="PongNoFrameskip-v4", device="cpu"), 8)
     assert (cfg.env_threads, cfg.torch_threads) == (8, 4)
     kept = split_threads(Config(env="PongNoFrameskip-v4", device="cpu", env_threads=3, torch_threads=2), 1)

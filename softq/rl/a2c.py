@@ -169,14 +169,22 @@ class Config:
 
 def auto_torch_threads(env: str, device: torch.device, cores: int | None = None) -> int:
     """Torch's CPU threads when ``torch_threads = 0``: 1 with CUDA (the cores belong to the emulators) and for
-    classic control (a 64-unit MLP gains nothing); half the ``cores`` (default: this process's) for an Atari CNN
-    on CPU. Measured on a 2-core machine shared with other jobs: 2 torch threads + ALE threads ran 5-10x slower
-    than 1 (OpenMP waits)."""
+    classic control (a 64-unit MLP gains nothing); for an Atari CNN on CPU every one of the ``cores`` (default:
+    this process's), shared with the emulators' threads, which step while the network waits and the reverse.
+
+    Measured 2026-12-03 (2-core Intel Xeon, Pong, 16 envs, 2 ALE threads, idle, 12 s each): 1 torch thread
+    710-748 (float32) and 943-1065 (bf16) agent steps/s, 2 threads 1015-1031 and 1309-1490. Two threads need
+    OpenMP's spinning bounded (:data:`softq.rl.OPENMP_SPIN_BOUNDED`: beside a busy process they ran at 190-206
+    steps/s without it, 572-627 with it): when torch was imported before :mod:`softq.rl` with libgomp's default,
+    half the cores are used, as before.
+    """
     if device.type != "cpu" or env in CLASSIC_ENVS:
         return 1
     if cores is None:
         cores = softq_config.cores()
-    return max(1, cores // 2)
+    from softq.rl import OPENMP_SPIN_BOUNDED
+
+    return cores if OPENMP_SPIN_BOUNDED else max(1, cores // 2)
 
 
 def restore_generator(gen: torch.Generator | None, state: torch.Tensor | None, device_type: str | None) -> bool:
@@ -342,11 +350,15 @@ class A2C:
     :meth:`state_dict` / :meth:`load_state_dict` capture everything a CPU run needs to continue bit for bit
     (the environments too, when they are restorable: classic control).
 
-    The rollout's forward passes are the update's: the weights do not change during a rollout, so
-    :meth:`collect` keeps the autograd graphs of ``log pi(.|s_t)`` and ``V(s_t)`` for ``t < T`` and :meth:`update`
-    back-propagates through them (``s_T`` is evaluated once, without a graph: only its value is used, held fixed).
-    The Nature CNN runs in ``channels_last`` memory format, and with ``precision="bf16"`` under bf16 autocast
-    (the losses, the returns and the optimizer stay float32).
+    :meth:`collect` acts without autograd graphs (one network call per step on the ``B`` observations, then one on
+    ``s_T``, whose value bootstraps the returns, held fixed); :meth:`update` evaluates the network once more, on
+    the rollout's ``T x B`` observations as one batch, and back-propagates through that call, as baselines' A2C
+    does. Keeping the rollout's own ``T`` graphs instead (the weights do not change during a rollout) computes
+    the same gradient, but as ``T`` backward passes of ``B`` rows: measured slower in bf16 and no faster in
+    float32 (2026-12-03, Intel Xeon with AMX, 2 cores; README, "Speed"). The Nature CNN runs in
+    ``channels_last`` memory format, and with ``precision="bf16"`` under bf16 autocast, one autocast region per
+    rollout and one per update, so that each weight is cast to bf16 once per region (the losses, the returns and
+    the optimizer stay float32).
     """
 
     def __init__(self, cfg: Config, env: VecEnv | None = None):
@@ -380,28 +392,34 @@ class A2C:
         self.buf_rewards = torch.zeros((t, b), dtype=torch.float32, pin_memory=pin)
         self.buf_terminal = torch.zeros((t, b), dtype=torch.bool, pin_memory=pin)
         self.buf_reset = torch.zeros((t, b), dtype=torch.bool, pin_memory=pin)
-        self._rollout: list[tuple[torch.Tensor, torch.Tensor]] = []  # the rollout's (log_pi, v), with graphs
+        self._bootstrap: tuple[torch.Tensor, torch.Tensor] | None = None  # (log_pi, v) at s_T, from collect()
 
     @property
     def frames(self) -> int:
         return self.updates * self.frames_per_update
 
+    def precision(self) -> torch.autocast:
+        """The autocast region of the run's ``precision`` (bf16 autocast, or disabled for float32)."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.precision == "bf16")
+
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(log_pi [N, A], v [N])`` of the network on ``obs [N, ...]``, float32, at the run's ``precision``."""
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.precision == "bf16"):
+        with self.precision():
             log_pi, v = self.net(obs)
         return log_pi.float(), v.float()
 
     def collect(self) -> None:
-        """One rollout of ``num_steps`` steps into the buffers, acting with ``pi`` (the behaviour policy).
+        """One rollout of ``num_steps`` steps into the buffers, acting with ``pi`` (the behaviour policy), and the
+        network's ``(log_pi, v)`` at ``s_T`` for :meth:`update`; no autograd graph is kept."""
+        with torch.no_grad(), self.precision():
+            self._collect()
 
-        Keeps each step's ``(log_pi, v)`` with its autograd graph for :meth:`update`."""
-        self._rollout = []
+    def _collect(self) -> None:
+        self._bootstrap = None
         for t in range(self.cfg.num_steps):
             self._upload_obs(t)
-            log_pi, v = self.forward(self.buf_obs[t])
-            self._rollout.append((log_pi, v))
-            actions = torch.multinomial(log_pi.detach().exp(), 1, generator=self.gen)[:, 0]
+            log_pi, _ = self.forward(self.buf_obs[t])
+            actions = torch.multinomial(log_pi.exp(), 1, generator=self.gen)[:, 0]
             self.buf_actions[t] = actions
             out = self.env.step(actions.cpu().numpy())
             self.buf_rewards[t] = torch.from_numpy(out.reward)
@@ -411,6 +429,7 @@ class A2C:
             self.episodes += len(out.scores)
             self.obs = out.obs
         self._upload_obs(-1)
+        self._bootstrap = self.forward(self.buf_obs[-1])  # s_T: its value bootstraps the returns, held fixed
 
     def _upload_obs(self, row: int) -> None:
         """``buf_obs[row] = self.obs``, through the (pinned) host buffer."""
@@ -435,14 +454,14 @@ class A2C:
         and the last good checkpoint on disk (written before this update) is what ``--resume`` continues from.
         """
         cfg = self.cfg
-        t = cfg.num_steps
-        if len(self._rollout) != t:
-            raise RuntimeError("A2C.update needs the forward passes of a fresh rollout: call collect() first")
-        with torch.no_grad():
-            last = self.forward(self.buf_obs[t])  # s_T: its value bootstraps the returns, held fixed
-        log_pi = torch.stack([lp for lp, _ in self._rollout] + [last[0]])  # [T+1, B, A]
-        v = torch.stack([v for _, v in self._rollout] + [last[1]])  # [T+1, B]
-        self._rollout = []
+        t, b = cfg.num_steps, cfg.num_envs
+        if self._bootstrap is None:
+            raise RuntimeError("A2C.update needs a fresh rollout: call collect() first")
+        log_pi_t, v_t = self.forward(self.buf_obs[:t].flatten(0, 1))  # [T B, A], [T B]: one batch, with its graph
+        last_log_pi, last_v = self._bootstrap
+        self._bootstrap = None
+        log_pi = torch.cat([log_pi_t.view(t, b, -1), last_log_pi[None]])  # [T+1, B, A]
+        v = torch.cat([v_t.view(t, b), last_v[None]])  # [T+1, B]
         dev = self.device
         with regularized.value_checks(False):
             loss, stats = a2c_loss(

@@ -65,10 +65,11 @@ class ActorCritic(nn.Module):
         self.value = _init(nn.Linear(features, 1), 1.0)
 
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # a copy in both cases: A2C rewrites its rollout buffer before back-propagating through this forward pass
-        x = obs.float() / 255.0 if self.image else obs.to(torch.float32, copy=True)
+        x = obs.float() / 255.0 if self.image else obs.float()
         h = self.trunk(x)
-        return torch.log_softmax(self.policy(h), dim=-1), self.value(h)[..., 0]
+        # the heads' outputs in float32: under bf16 autocast (CPU) log_softmax would otherwise run in bf16, and
+        # its probabilities sum to 1 only within about 1e-2
+        return torch.log_softmax(self.policy(h).float(), dim=-1), self.value(h)[..., 0].float()
 
 
 def make_net(obs_shape: tuple[int, ...], n_actions: int, hidden: int = 64,
