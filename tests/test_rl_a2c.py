@@ -1,6 +1,7 @@
 """softq.rl.a2c: the three update rules train with softq's own formulas; masks and targets; configs."""
 
 import math
+import os
 
 import pytest
 import torch
@@ -307,7 +308,7 @@ def test_the_update_is_the_gradient_of_a2c_loss_on_the_whole_rollout(rule, preci
     agent.collect()
     bootstrap = agent._bootstrap
     net = copy.deepcopy(agent.net)
-    with agent.precision():
+    with agent.autocast():
         log_pi, v = network_outputs(net, agent.buf_obs)
     log_pi, v = log_pi.float(), v.float()
     tol = {"fp32": 1e-4, "bf16": 2e-2}[precision]  # one call of 2 rows against one of 8: rounding only
@@ -322,3 +323,24 @@ def test_the_update_is_the_gradient_of_a2c_loss_on_the_whole_rollout(rule, preci
     with pytest.raises(RuntimeError, match="collect"):
         agent.update()
     agent.env.close()
+
+
+def test_softq_rl_bounds_openmp_spinning_before_torch_loads():
+    """softq.rl sets GOMP_SPINCOUNT before torch loads libgomp (a user's value is kept); imported after torch, it
+    says the spinning is libgomp's default, and an Atari run on CPU then keeps to half the cores."""
+    import subprocess
+    import sys
+
+    probe = ("import os, {first}, {second}, torch\nfrom softq.rl.a2c import auto_torch_threads\n"
+             "print(os.environ.get('GOMP_SPINCOUNT'), softq.rl.OPENMP_SPIN_BOUNDED, "
+             "auto_torch_threads('pong', torch.device('cpu'), cores=4))")
+
+    def run(first, second, **env):
+        env = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")} | env
+        out = subprocess.run([sys.executable, "-c", probe.format(first=first, second=second)], env=env,
+                             capture_output=True, text=True, check=True)
+        return out.stdout.split()
+
+    assert run("softq.rl", "torch") == ["3000", "True", "4"]
+    assert run("torch", "softq.rl") == ["3000", "False", "2"]  # set, but too late for libgomp
+    assert run("torch", "softq.rl", GOMP_SPINCOUNT="10") == ["10", "True", "4"]

@@ -398,20 +398,20 @@ class A2C:
     def frames(self) -> int:
         return self.updates * self.frames_per_update
 
-    def precision(self) -> torch.autocast:
+    def autocast(self) -> torch.autocast:
         """The autocast region of the run's ``precision`` (bf16 autocast, or disabled for float32)."""
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.precision == "bf16")
 
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(log_pi [N, A], v [N])`` of the network on ``obs [N, ...]``, float32, at the run's ``precision``."""
-        with self.precision():
+        with self.autocast():
             log_pi, v = self.net(obs)
         return log_pi.float(), v.float()
 
     def collect(self) -> None:
         """One rollout of ``num_steps`` steps into the buffers, acting with ``pi`` (the behaviour policy), and the
         network's ``(log_pi, v)`` at ``s_T`` for :meth:`update`; no autograd graph is kept."""
-        with torch.no_grad(), self.precision():
+        with torch.no_grad(), self.autocast():
             self._collect()
 
     def _collect(self) -> None:
