@@ -403,10 +403,10 @@ class A2C:
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.precision == "bf16")
 
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(log_pi [N, A], v [N])`` of the network on ``obs [N, ...]``, float32, at the run's ``precision``."""
+        """``(log_pi [N, A], v [N])`` of the network on ``obs [N, ...]``, at the run's ``precision`` (the heads'
+        outputs are float32 either way: :class:`softq.rl.nets.ActorCritic`)."""
         with self.autocast():
-            log_pi, v = self.net(obs)
-        return log_pi.float(), v.float()
+            return self.net(obs)
 
     def collect(self) -> None:
         """One rollout of ``num_steps`` steps into the buffers, acting with ``pi`` (the behaviour policy), and the
