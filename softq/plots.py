@@ -25,7 +25,7 @@ from softq import config
 __all__ = ["figure_dir", "savefig", "read_runs", "has_runs", "curve_stats", "plot_learning_curves",
            "learning_curve_grid", "game_length_trace", "game_lengths",
            "RULE_STYLE", "run_records", "config_spread", "budget_caption",
-           "plot_runs"]
+           "plot_runs", "plot_pairs"]
 
 #: Colours and labels of the update rules in every learning-curve figure.
 RULE_STYLE = {"naive": ("C1", "naive (1-step entropy bonus, eq 79)"),
@@ -227,6 +227,53 @@ def plot_runs(ax, runs: dict[str, str | Path], *, y: str = "score_mean100") -> d
         summary[label] = {"frames": float(xs[-1]), "final": float(ys[-1])}
     _label_axes(ax, y)
     return summary
+
+
+def plot_pairs(pairs: dict[str, dict[str, str | Path]], field: str, *, title: str = "", panel_width: float = 4.6,
+               height: float = 4.0):
+    """A controlled comparison: one panel per entry of ``pairs`` (``{panel title: {label: run folder}}``), its runs
+    drawn with :func:`plot_runs`. Each panel's runs are checked (:func:`softq.check.check`, which raises) to differ
+    in the Config field ``field`` and in no other (run control aside, :func:`config_spread`); a panel with a run
+    that has no ``progress.csv`` yet is left out. Prints each run's end (score, frames, status, wall time, frames/s)
+    and puts :func:`budget_caption` of all the runs under the panels.
+
+    Returns the figure, or None when no panel has all its runs."""
+    import json
+    import textwrap
+
+    import matplotlib.pyplot as plt
+
+    from softq.check import check
+
+    present = {t: runs for t, runs in pairs.items() if all((Path(d) / "progress.csv").exists() for d in runs.values())}
+    if not present:
+        return None
+    width = max(6.0, panel_width * len(present))
+    fig, axes = plt.subplots(1, len(present), figsize=(width, height), squeeze=False)
+    every = {}
+    for ax, (panel, runs) in zip(axes.flat, present.items(), strict=True):
+        records = {}
+        for label, d in runs.items():
+            d = Path(d)
+            status = json.loads((d / "status.json").read_text()) if (d / "status.json").exists() else {}
+            records[label, 0] = {**json.loads((d / "config.json").read_text()), "status": status}
+        every.update({(f"{panel}: {k}", 0): r for (k, _), r in records.items()})
+        spread = config_spread(records)
+        print(f"{panel}: fields of Config that differ between the runs:", spread)
+        check(f"{panel}: the runs differ in {field} only: other fields of Config that differ",
+              len(set(spread) - {field}), 0, atol=0)
+        check(f"{panel}: ... and they do differ in {field}", float(field in spread), 1.0)
+        ends = plot_runs(ax, runs)
+        ax.set_title(f"{title}, {panel}" if title else panel, fontsize=9)
+        ax.legend(fontsize=7, loc="best")
+        for k, e in ends.items():
+            st = records[k, 0]["status"]
+            print(f"  {k}: {e['final']:.1f} at {e['frames'] / 1e6:.2f}M frames ({st.get('status', '?')}, "
+                  f"{st.get('wall_s', 0) / 60:.0f} min, {st.get('frames_per_s', 0):.0f} frames/s)")
+    caption = textwrap.fill(budget_caption(every), int(width * 72 / (0.6 * 6.5)))
+    fig.text(0.01, 0.01, caption, fontsize=6.5)
+    fig.tight_layout(rect=(0, 0.03 * (caption.count("\n") + 2), 1, 1))
+    return fig
 
 
 def run_records(experiment: str | Path, rules) -> dict[tuple[str, int], dict]:

@@ -82,3 +82,18 @@ def test_bench_skips_the_graph_check_on_cpu_and_names_bad_figures(tmp_path):
     assert (again["time_dqn"], again["dqn"], again["steps_per_second"]) == ("earlier", "how", {"dqn_hard_n1_B8": 1.0})
     with pytest.raises(ValueError, match="what"):
         run_bench(what=("a2c", "speed"), out_dir=tmp_path, tag="t")
+
+
+def test_bench_phases_time_each_phase_and_bound_the_overlap(tmp_path):
+    rec = run_bench(what=("phases",), out_dir=tmp_path, tag="t", device="cpu", seconds=0.05, num_envs=2)
+    p = rec["a2c_phases"]
+    cores = p["cores"]
+    assert set(p["ms_per_update"]) == {"threads_1", f"threads_{cores}"}
+    for phases in p["ms_per_update"].values():
+        assert set(phases) == {"env", "act", "update"} and all(v > 0 for v in phases.values())
+    one, every = p["ms_per_update"]["threads_1"], p["ms_per_update"][f"threads_{cores}"]
+    assert p["today_ms"] == pytest.approx(sum(every.values()))
+    assert p["overlap_bound_ms"] == pytest.approx((one["env"] + one["act"]) / cores + every["update"])
+    assert p["overlap_bound_speedup"] == pytest.approx(p["today_ms"] / p["overlap_bound_ms"])
+    again = run_bench(what=("graph",), out_dir=tmp_path, tag="t", device="cpu")  # kept when not measured
+    assert again["a2c_phases"] == p

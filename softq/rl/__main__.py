@@ -151,7 +151,8 @@ def _parser(algo: str = "a2c", preset: str | None = None) -> argparse.ArgumentPa
     b.add_argument("--tag", help="file name (default: the machine kind, e.g. cpu-2core)")
     b.add_argument("--out", type=Path, default=Path("results/bench"))
     b.add_argument("--what", type=_list(str), default=["a2c", "dqn", "graph"],
-                   help="what to measure: a2c, dqn, graph (the CUDA-graph check; CUDA only)")
+                   help="what to measure: a2c, dqn, graph (the CUDA-graph check; CUDA only), phases (where an A2C "
+                        "update's time goes on the CPU, and the most overlapping env and network could buy)")
     b.add_argument("--dqn-num-envs", type=_list(int), default=[8], help="DQN: numbers of envs to measure")
     b.add_argument("--side-by-side", type=Path, metavar="OLD_TREE",
                    help="instead: this code against another checkout (git worktree add OLD_TREE <commit>), "

@@ -15,7 +15,9 @@ CUDA graphs where CUDA is), ``dqn_<target>_n<n>_B<num_envs>``, and the replay al
 ``replay_sample_n<n>_batches_per_s`` (batches of 32 n-step windows with their stacked observations). On CUDA
 the 1-step ``hard`` and 5-step ``soft_ent`` figures are measured again with eager updates (``..._eager``), and
 ``--what graph`` checks that the CUDA-graph update computes what the eager one does
-(:mod:`softq.rl.graph_check`; skipped on a CPU), recorded as ``graph_check``.
+(:mod:`softq.rl.graph_check`; skipped on a CPU), recorded as ``graph_check``. ``--what phases``
+(:func:`a2c_phases`, not in the default set) times an A2C update's phases alone on the CPU and bounds what
+overlapping the emulators with the network could buy, recorded as ``a2c_phases``.
 
 Saved with the machine (CPU model, cores, GPU) and package versions to ``results/bench/<tag>.json`` (tag: the
 machine kind, e.g. ``cpu-2core``, unless given). Short measurements (``--seconds``) are noisy on a shared machine:
@@ -67,6 +69,69 @@ def _time_a2c(cfg: Config, seconds: float) -> float:
     sps = updates * cfg.steps_per_update / (time.perf_counter() - t0)
     agent.env.close()
     return sps
+
+
+def a2c_phases(game: str = "pong", num_envs: int = 16, seconds: float = 5.0, device: str = "cpu",
+               precision: str = "fp32") -> dict[str, Any]:
+    """Where an A2C update's time goes, and what overlapping the emulators with the network could buy at most.
+
+    For 1 thread and for every core (torch's intra-op threads, ALE's worker threads), the milliseconds per update
+    (``num_steps = 5`` agent steps of ``num_envs`` envs) of its three phases, each timed alone over ``seconds``:
+    ``env`` (5 vector steps, random actions), ``act`` (6 acting forward passes on ``[B, 4, 84, 84]``, no graph:
+    one per step and the bootstrap) and ``update`` (:meth:`A2C.update`: the forward pass on the rollout with its
+    graph, the backward pass and the RMSProp step). Measured on the CPU by default, where the question arises.
+
+    Overlap: splitting the envs into two groups that take turns (one group's emulators step while the network acts
+    for the other) can hide at most ``env`` and ``act`` behind each other, never the update, whose weights the next
+    rollout needs. Even if the cores ran the two with no loss, one thread's work spread over ``c`` cores, a rollout
+    costs at least ``(env_1 + act_1) / c``: ``overlap_bound_speedup`` is today's update time (every phase on all
+    cores, one after the other) over that bound plus the update's time on all cores.
+    """
+    import torch
+
+    cores = softq_config.cores()
+    cfg = Config(env=game, rule="proper", frames=10**12, num_envs=num_envs, device=device, precision=precision,
+                 env_threads=min(num_envs, cores), torch_threads=cores)
+    agent = A2C(cfg)
+    agent.step()  # a real rollout to act on; allocations
+    obs = agent.buf_obs[0]
+    ms: dict[str, dict[str, float]] = {}
+
+    def per_call(fn, calls_per_update: int) -> float:
+        for _ in range(2):  # warm up
+            fn()
+        n, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            fn()
+            n += 1
+        return 1e3 * (time.perf_counter() - t0) / n * calls_per_update
+
+    def act():
+        with torch.no_grad(), agent.autocast():
+            agent.forward(obs)
+
+    for threads in sorted({1, cores}):
+        torch.set_num_threads(threads)
+        env = make_env(game, num_envs, threads=min(num_envs, threads))
+        env_ms = 1e3 * cfg.num_steps * num_envs / _time_env(env, seconds)
+        env.close()
+        agent.step()  # warm up at this thread count
+        spent, n, t0 = 0.0, 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds or n < 3:
+            agent.collect()  # not timed: its env steps and acting passes are the two phases above
+            t1 = time.perf_counter()
+            agent.update()
+            spent += time.perf_counter() - t1
+            n += 1
+        ms[f"threads_{threads}"] = {"env": env_ms, "act": per_call(act, cfg.num_steps + 1),
+                                    "update": 1e3 * spent / n}
+    agent.env.close()
+    one, all_ = ms["threads_1"], ms[f"threads_{cores}"]
+    today = sum(all_.values())
+    bound = (one["env"] + one["act"]) / cores + all_["update"]
+    return {"what": "A2C ms per update (5 steps x num_envs), each phase timed alone; overlap bound (docstring)",
+            "cores": cores, "num_envs": num_envs, "precision": precision, "device": device, "ms_per_update": ms,
+            "today_ms": today, "overlap_bound_ms": bound, "overlap_bound_speedup": today / bound}
 
 
 def _time_dqn(cfg: dqn.Config, seconds: float) -> float:
@@ -200,9 +265,9 @@ def run_bench(game: str = "pong", num_envs: int = 16, threads: int = 0, seconds:
     """Measure the figures named in ``what`` (module docstring), print them, save and return the JSON record.
 
     Figures already in the machine's file and not measured now are kept."""
-    unknown = sorted(set(what) - {"a2c", "dqn", "graph"})
+    unknown = sorted(set(what) - {"a2c", "dqn", "graph", "phases"})
     if unknown:
-        raise ValueError(f"what must name some of 'a2c', 'dqn', 'graph', got {unknown}")
+        raise ValueError(f"what must name some of 'a2c', 'dqn', 'graph', 'phases', got {unknown}")
     threads = threads or min(num_envs, softq_config.cores())
     cfg = Config(env=game, rule="proper", frames=10**12, num_envs=num_envs, env_threads=threads, device=device)
     record: dict[str, Any] = {
@@ -249,6 +314,13 @@ def run_bench(game: str = "pong", num_envs: int = 16, threads: int = 0, seconds:
             key = f"replay_sample_n{n}_batches_per_s"
             figures[key] = _time_replay(cfg, seconds)
             print(f"{key:24s} {figures[key]:9.0f} batches/s", flush=True)
+    if "phases" in what:
+        record["a2c_phases"] = a2c_phases(game, num_envs, seconds, device="cpu")
+        p = record["a2c_phases"]
+        print(f"A2C phases (ms per update): {json.dumps(p['ms_per_update'])}; overlap could buy at most "
+              f"{p['overlap_bound_speedup']:.2f}x", flush=True)
+    elif "a2c_phases" in old:
+        record["a2c_phases"] = old["a2c_phases"]
     if "graph" in what:
         record["graph_check"] = _graph_check(game, device, threads)
     elif "graph_check" in old:
