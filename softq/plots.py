@@ -229,13 +229,14 @@ def plot_runs(ax, runs: dict[str, str | Path], *, y: str = "score_mean100") -> d
     return summary
 
 
-def plot_pairs(pairs: dict[str, dict[str, str | Path]], field: str, *, title: str = "", panel_width: float = 4.6,
-               height: float = 4.0):
+def plot_pairs(pairs: dict[str, dict[str, str | Path]], field: str, *, title: str = "", ncols: int = 0,
+               panel_width: float = 4.6, height: float = 4.0):
     """A controlled comparison: one panel per entry of ``pairs`` (``{panel title: {label: run folder}}``), its runs
     drawn with :func:`plot_runs`. Each panel's runs are checked (:func:`softq.check.check`, which raises) to differ
     in the Config field ``field`` and in no other (run control aside, :func:`config_spread`); a panel with a run
     that has no ``progress.csv`` yet is left out. Prints each run's end (score, frames, status, wall time, frames/s)
-    and puts :func:`budget_caption` of all the runs under the panels.
+    and puts :func:`budget_caption` of all the runs under the panels. ``ncols``: panels per row (0: all in one row);
+    ``height``: of one row, in inches.
 
     Returns the figure, or None when no panel has all its runs."""
     import json
@@ -248,10 +249,14 @@ def plot_pairs(pairs: dict[str, dict[str, str | Path]], field: str, *, title: st
     present = {t: runs for t, runs in pairs.items() if all((Path(d) / "progress.csv").exists() for d in runs.values())}
     if not present:
         return None
-    width = max(6.0, panel_width * len(present))
-    fig, axes = plt.subplots(1, len(present), figsize=(width, height), squeeze=False)
+    ncols = min(ncols or len(present), len(present))
+    nrows = math.ceil(len(present) / ncols)
+    width = max(6.0, panel_width * ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width, height * nrows + 0.4), squeeze=False)
+    for ax in axes.flat[len(present):]:
+        ax.set_visible(False)
     every = {}
-    for ax, (panel, runs) in zip(axes.flat, present.items(), strict=True):
+    for ax, (panel, runs) in zip(axes.flat[:len(present)], present.items(), strict=True):
         records = {}
         for label, d in runs.items():
             d = Path(d)
@@ -272,7 +277,7 @@ def plot_pairs(pairs: dict[str, dict[str, str | Path]], field: str, *, title: st
                   f"{st.get('wall_s', 0) / 60:.0f} min, {st.get('frames_per_s', 0):.0f} frames/s)")
     caption = textwrap.fill(budget_caption(every), int(width * 72 / (0.6 * 6.5)))
     fig.text(0.01, 0.01, caption, fontsize=6.5)
-    fig.tight_layout(rect=(0, 0.03 * (caption.count("\n") + 2), 1, 1))
+    fig.tight_layout(rect=(0, 0.03 / nrows * (caption.count("\n") + 2), 1, 1))
     return fig
 
 

@@ -174,3 +174,25 @@ def test_game_lengths_rejects_a_bad_window(tmp_path, window):
         plots.game_lengths(tmp_path, "hard", window_frames=window)
     with pytest.raises(ValueError, match="window_frames"):
         plots.game_length_trace(tmp_path, "hard", window_frames=window)
+
+
+def test_plot_pairs_checks_the_one_difference_and_skips_missing_runs(tmp_path, capsys):
+    """plot_pairs draws a panel per complete pair and raises when a pair differs in more than its field."""
+    status = {"status": "done", "frames": 10**7, "wall_s": 1200, "frames_per_s": 8333}
+    _run(tmp_path, "a", 0, status, optimizer="rmsprop_tf")
+    _run(tmp_path, "b", 0, status)
+    _run(tmp_path, "c", 0, status, optimizer="rmsprop_tf", lr=1e-3)
+    _run(tmp_path, "missing", 0, status)
+    for rule in ("a", "b", "c"):
+        (tmp_path / rule / "seed0" / "progress.csv").write_text("frames,score_mean100\n0,-21\n10000000,-5\n")
+    runs = {r: tmp_path / r / "seed0" for r in ("a", "b", "c", "missing")}
+    fig = plots.plot_pairs({"good": {"tf": runs["a"], "torch": runs["b"]},
+                            "not yet": {"tf": runs["a"], "torch": runs["missing"]}}, "optimizer", ncols=2)
+    assert [ax.get_title() for ax in fig.axes if ax.get_visible()] == ["good"]
+    assert "tf: -5.0 at 10.00M frames (done, 20 min, 8333 frames/s)" in capsys.readouterr().out
+    plt.close(fig)
+    assert plots.plot_pairs({"not yet": {"x": runs["missing"]}}, "optimizer") is None
+    with pytest.raises(AssertionError, match="differ in optimizer only"):
+        plots.plot_pairs({"confounded": {"tf": runs["c"], "torch": runs["b"]}}, "optimizer")
+    with pytest.raises(AssertionError, match="do differ in lr"):
+        plots.plot_pairs({"same": {"x": runs["a"], "y": runs["a"]}}, "lr")
