@@ -76,10 +76,14 @@ def test_bench_skips_the_graph_check_on_cpu_and_names_bad_figures(tmp_path):
     assert rec["graph_check"].startswith("skipped: needs CUDA")
     saved = json.loads((tmp_path / "t.json").read_text())
     assert saved["graph_check"] == rec["graph_check"] and saved["machine"]["cores"] >= 1
-    saved.update(time_dqn="earlier", dqn="how", steps_per_second={"dqn_hard_n1_B8": 1.0})
+    older = {"cpu": "an older CPU", "cores": 2}
+    saved.update(time_dqn="earlier", dqn="how", steps_per_second={"dqn_hard_n1_B8": 1.0}, machine_dqn=older,
+                 time="then", machine=older, side_by_side=[{"old": "abc1234"}])
     (tmp_path / "t.json").write_text(json.dumps(saved))
     again = run_bench(what=("graph",), out_dir=tmp_path, tag="t", device="cpu")  # figures not measured are kept
     assert (again["time_dqn"], again["dqn"], again["steps_per_second"]) == ("earlier", "how", {"dqn_hard_n1_B8": 1.0})
+    assert again["machine"] == again["machine_dqn"] == older and again["time"] == "then"  # ... with their machine
+    assert json.loads((tmp_path / "t.json").read_text())["side_by_side"] == [{"old": "abc1234"}]
     with pytest.raises(ValueError, match="what"):
         run_bench(what=("a2c", "speed"), out_dir=tmp_path, tag="t")
 
@@ -96,4 +100,4 @@ def test_bench_phases_time_each_phase_and_bound_the_overlap(tmp_path):
     assert p["overlap_bound_ms"] == pytest.approx((one["env"] + one["act"]) / cores + every["update"])
     assert p["overlap_bound_speedup"] == pytest.approx(p["today_ms"] / p["overlap_bound_ms"])
     again = run_bench(what=("graph",), out_dir=tmp_path, tag="t", device="cpu")  # kept when not measured
-    assert again["a2c_phases"] == p
+    assert again["a2c_phases"] == p and p["machine"]["cores"] == cores

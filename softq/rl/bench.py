@@ -289,12 +289,13 @@ def run_bench(game: str = "pong", num_envs: int = 16, threads: int = 0, seconds:
         figures[f"a2c_{backend}"] = _time_a2c(Config(**{**cfg.as_dict(), "env_backend": backend}), seconds)
         print(f"{backend:10s} env random {figures[f'env_{backend}_random']:9.0f} steps/s   "
               f"A2C {figures[f'a2c_{backend}']:9.0f} steps/s", flush=True)
-    if "a2c" not in what and "time" in old:  # the A2C figures kept from the file keep their date
-        record["time"] = old["time"]
-    if "dqn" not in what:  # the DQN figures kept from the file keep their date and description
-        record.update({k: old[k] for k in ("time_dqn", "dqn") if k in old})
+    if "a2c" not in what and "time" in old:  # the A2C figures kept from the file keep their date and machine
+        record.update({k: old[k] for k in ("time", "machine", "versions") if k in old})
+    if "dqn" not in what:  # the DQN figures kept from the file keep their date, machine and description
+        record.update({k: old[k] for k in ("time_dqn", "machine_dqn", "dqn") if k in old})
     if "dqn" in what:
         record["time_dqn"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+        record["machine_dqn"] = machine()
         record["dqn"] = ("DQN training env steps/s after learning starts: replay 1M on the device, batch 32 every 4 "
                          "env steps, Pong; replay_sample: batches of 32 windows/s")
         cuda = softq_config.device(None if device == "auto" else device).type == "cuda"
@@ -315,8 +316,8 @@ def run_bench(game: str = "pong", num_envs: int = 16, threads: int = 0, seconds:
             figures[key] = _time_replay(cfg, seconds)
             print(f"{key:24s} {figures[key]:9.0f} batches/s", flush=True)
     if "phases" in what:
-        record["a2c_phases"] = a2c_phases(game, num_envs, seconds, device="cpu")
-        p = record["a2c_phases"]
+        p = record["a2c_phases"] = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "machine": machine(),
+                                    **a2c_phases(game, num_envs, seconds, device="cpu")}
         print(f"A2C phases (ms per update): {json.dumps(p['ms_per_update'])}; overlap could buy at most "
               f"{p['overlap_bound_speedup']:.2f}x", flush=True)
     elif "a2c_phases" in old:
@@ -327,6 +328,8 @@ def run_bench(game: str = "pong", num_envs: int = 16, threads: int = 0, seconds:
         record["graph_check"] = old["graph_check"]
     record["steps_per_second"] = figures
     record["device"] = str(softq_config.device(None if device == "auto" else device))
+    if "side_by_side" in old:  # save_side_by_side's records: never measured here, always kept
+        record["side_by_side"] = old["side_by_side"]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=2) + "\n")
     print(f"saved {out}")
