@@ -78,11 +78,11 @@ def test_bench_skips_the_graph_check_on_cpu_and_names_bad_figures(tmp_path):
     assert saved["graph_check"] == rec["graph_check"] and saved["machine"]["cores"] >= 1
     older = {"cpu": "an older CPU", "cores": 2}
     saved.update(time_dqn="earlier", dqn="how", steps_per_second={"dqn_hard_n1_B8": 1.0}, machine_dqn=older,
-                 time="then", machine=older, side_by_side=[{"old": "abc1234"}])
+                 seconds_each=9, time="then", machine=older, side_by_side=[{"old": "abc1234"}])
     (tmp_path / "t.json").write_text(json.dumps(saved))
     again = run_bench(what=("graph",), out_dir=tmp_path, tag="t", device="cpu")  # figures not measured are kept
     assert (again["time_dqn"], again["dqn"], again["steps_per_second"]) == ("earlier", "how", {"dqn_hard_n1_B8": 1.0})
-    assert again["machine"] == again["machine_dqn"] == older and again["time"] == "then"  # ... with their machine
+    assert again["machine"] == again["machine_dqn"] == older and (again["time"], again["seconds_each"]) == ("then", 9)
     assert json.loads((tmp_path / "t.json").read_text())["side_by_side"] == [{"old": "abc1234"}]
     with pytest.raises(ValueError, match="what"):
         run_bench(what=("a2c", "speed"), out_dir=tmp_path, tag="t")

@@ -290,7 +290,8 @@ def run_bench(game: str = "pong", num_envs: int = 16, threads: int = 0, seconds:
         print(f"{backend:10s} env random {figures[f'env_{backend}_random']:9.0f} steps/s   "
               f"A2C {figures[f'a2c_{backend}']:9.0f} steps/s", flush=True)
     if "a2c" not in what and "time" in old:  # the A2C figures kept from the file keep their date and machine
-        record.update({k: old[k] for k in ("time", "machine", "versions") if k in old})
+        record.update({k: old[k] for k in ("time", "machine", "versions", "seconds_each", "num_envs", "env_threads")
+                       if k in old})
     if "dqn" not in what:  # the DQN figures kept from the file keep their date, machine and description
         record.update({k: old[k] for k in ("time_dqn", "machine_dqn", "dqn") if k in old})
     if "dqn" in what:
