@@ -99,5 +99,6 @@ def test_bench_phases_time_each_phase_and_bound_the_overlap(tmp_path):
     assert p["today_ms"] == pytest.approx(sum(every.values()))
     assert p["overlap_bound_ms"] == pytest.approx((one["env"] + one["act"]) / cores + every["update"])
     assert p["overlap_bound_speedup"] == pytest.approx(p["today_ms"] / p["overlap_bound_ms"])
+    assert p["loop_ms"] > 0
     again = run_bench(what=("graph",), out_dir=tmp_path, tag="t", device="cpu")  # kept when not measured
     assert again["a2c_phases"] == p and p["machine"]["cores"] == cores

@@ -85,7 +85,9 @@ def a2c_phases(game: str = "pong", num_envs: int = 16, seconds: float = 5.0, dev
     for the other) can hide at most ``env`` and ``act`` behind each other, never the update, whose weights the next
     rollout needs. Even if the cores ran the two with no loss, one thread's work spread over ``c`` cores, a rollout
     costs at least ``(env_1 + act_1) / c``: ``overlap_bound_speedup`` is today's update time (every phase on all
-    cores, one after the other) over that bound plus the update's time on all cores.
+    cores, one after the other) over that bound plus the update's time on all cores. ``loop_ms``: the training
+    loop's own time per update (:meth:`A2C.step`, every core); what it takes beyond ``today_ms`` is the cost of
+    handing the cores back and forth between the emulator threads and torch's, which no overlap removes.
     """
     import torch
 
@@ -125,13 +127,15 @@ def a2c_phases(game: str = "pong", num_envs: int = 16, seconds: float = 5.0, dev
             n += 1
         ms[f"threads_{threads}"] = {"env": env_ms, "act": per_call(act, cfg.num_steps + 1),
                                     "update": 1e3 * spent / n}
+    loop_ms = per_call(agent.step, 1)  # the training loop itself, on every core (the last thread count above)
     agent.env.close()
     one, all_ = ms["threads_1"], ms[f"threads_{cores}"]
     today = sum(all_.values())
     bound = (one["env"] + one["act"]) / cores + all_["update"]
     return {"what": "A2C ms per update (5 steps x num_envs), each phase timed alone; overlap bound (docstring)",
             "cores": cores, "num_envs": num_envs, "precision": precision, "device": device, "ms_per_update": ms,
-            "today_ms": today, "overlap_bound_ms": bound, "overlap_bound_speedup": today / bound}
+            "today_ms": today, "overlap_bound_ms": bound, "overlap_bound_speedup": today / bound,
+            "loop_ms": loop_ms}
 
 
 def _time_dqn(cfg: dqn.Config, seconds: float) -> float:
