@@ -230,13 +230,13 @@ def plot_runs(ax, runs: dict[str, str | Path], *, y: str = "score_mean100") -> d
 
 
 def plot_pairs(pairs: dict[str, dict[str, str | Path]], field: str, *, title: str = "", ncols: int = 0,
-               panel_width: float = 4.6, height: float = 4.0):
+               sharey: bool = False, panel_width: float = 4.6, height: float = 4.0):
     """A controlled comparison: one panel per entry of ``pairs`` (``{panel title: {label: run folder}}``), its runs
     drawn with :func:`plot_runs`. Each panel's runs are checked (:func:`softq.check.check`, which raises) to differ
     in the Config field ``field`` and in no other (run control aside, :func:`config_spread`); a panel with a run
     that has no ``progress.csv`` yet is left out. Prints each run's end (score, frames, status, wall time, frames/s)
     and puts :func:`budget_caption` of all the runs under the panels. ``ncols``: panels per row (0: all in one row);
-    ``height``: of one row, in inches.
+    ``sharey``: one y scale for every panel; ``height``: of one row, in inches.
 
     Returns the figure, or None when no panel has all its runs."""
     import json
@@ -252,7 +252,7 @@ def plot_pairs(pairs: dict[str, dict[str, str | Path]], field: str, *, title: st
     ncols = min(ncols or len(present), len(present))
     nrows = math.ceil(len(present) / ncols)
     width = max(6.0, panel_width * ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(width, height * nrows + 0.4), squeeze=False)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width, height * nrows + 0.4), squeeze=False, sharey=sharey)
     for ax in axes.flat[len(present):]:
         ax.set_visible(False)
     every = {}
