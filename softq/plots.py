@@ -25,7 +25,7 @@ from softq import config
 __all__ = ["figure_dir", "savefig", "read_runs", "has_runs", "curve_stats", "plot_learning_curves",
            "learning_curve_grid", "game_length_trace", "game_lengths",
            "RULE_STYLE", "run_records", "config_spread", "budget_caption",
-           "plot_runs", "plot_pairs"]
+           "plot_runs", "plot_pairs", "run_record"]
 
 #: Colours and labels of the update rules in every learning-curve figure.
 RULE_STYLE = {"naive": ("C1", "naive (1-step entropy bonus, eq 79)"),
@@ -239,7 +239,6 @@ def plot_pairs(pairs: dict[str, dict[str, str | Path]], field: str, *, title: st
     ``sharey``: one y scale for every panel; ``height``: of one row, in inches.
 
     Returns the figure, or None when no panel has all its runs."""
-    import json
     import textwrap
 
     import matplotlib.pyplot as plt
@@ -257,11 +256,7 @@ def plot_pairs(pairs: dict[str, dict[str, str | Path]], field: str, *, title: st
         ax.set_visible(False)
     every = {}
     for ax, (panel, runs) in zip(axes.flat[:len(present)], present.items(), strict=True):
-        records = {}
-        for label, d in runs.items():
-            d = Path(d)
-            status = json.loads((d / "status.json").read_text()) if (d / "status.json").exists() else {}
-            records[label, 0] = {**json.loads((d / "config.json").read_text()), "status": status}
+        records = {(label, 0): run_record(d) for label, d in runs.items()}
         every.update({(f"{panel}: {k}", 0): r for (k, _), r in records.items()})
         spread = config_spread(records)
         print(f"{panel}: fields of Config that differ between the runs:", spread)
@@ -281,20 +276,25 @@ def plot_pairs(pairs: dict[str, dict[str, str | Path]], field: str, *, title: st
     return fig
 
 
-def run_records(experiment: str | Path, rules) -> dict[tuple[str, int], dict]:
-    """``{(rule, seed): {"config", "versions", "machine", "status"}}`` of every run folder of ``experiment`` with a
-    ``config.json`` (:mod:`softq.rl.runs`' layout); ``status`` is ``status.json`` (empty if absent)."""
+def run_record(run: str | Path) -> dict:
+    """``{"config", "versions", "machine", ..., "status"}`` of one run folder: its ``config.json`` and, as
+    ``status``, its ``status.json`` (empty if absent)."""
     import json
 
+    d = Path(run)
+    status = json.loads((d / "status.json").read_text()) if (d / "status.json").exists() else {}
+    return {**json.loads((d / "config.json").read_text()), "status": status}
+
+
+def run_records(experiment: str | Path, rules) -> dict[tuple[str, int], dict]:
+    """``{(rule, seed): run_record}`` (:func:`run_record`) of every run folder of ``experiment`` with a
+    ``config.json`` (:mod:`softq.rl.runs`' layout)."""
     out = {}
     for rule in rules:
         for d in sorted(Path(experiment, rule).glob("seed*")):
             m = re.fullmatch(r"seed(\d+)", d.name)
-            if not (m and (d / "config.json").exists()):
-                continue
-            meta = json.loads((d / "config.json").read_text())
-            status = json.loads((d / "status.json").read_text()) if (d / "status.json").exists() else {}
-            out[rule, int(m.group(1))] = {**meta, "status": status}
+            if m and (d / "config.json").exists():
+                out[rule, int(m.group(1))] = run_record(d)
     return out
 
 
