@@ -223,17 +223,42 @@ def test_bad_hyperparameters_raise():
 
 
 def test_gradient_report_finds_silent_weights_and_dead_units():
-    """A filter bank whose filter 1 never gets a gradient: the report counts it dead; the step ratio is torch's
-    (sqrt(ms) + eps) over TF's sqrt(ms + eps)."""
+    """A filter bank whose filter 1 never gets a gradient: the report counts it dead; the step ratio is TF's
+    denominator sqrt(ms + eps) over torch's sqrt(ms) + eps, i.e. torch's step over TF's."""
     from softq.rl.optim import gradient_report
 
     ms = torch.full((3, 2, 2, 2), 1e-6)
     ms[1] = 0.0
     (row,) = gradient_report(["conv.weight"], [ms], eps=1e-5)
     assert row["dead_outputs"] == 1 and row["outputs"] == 3 and row["silent"] == pytest.approx(1 / 3)
-    assert row["torch_over_tf_median"] == pytest.approx((1e-3 + 1e-5) / (1e-6 + 1e-5) ** 0.5)
+    assert row["torch_over_tf_median"] == pytest.approx((1e-6 + 1e-5) ** 0.5 / (1e-3 + 1e-5))
     with pytest.raises(ValueError, match="names"):
         gradient_report(["a", "b"], [ms], eps=1e-5)
+
+
+@pytest.mark.parametrize("ms, g", [(1e-6, 1e-3), (1e-12, 1e-6), (0.04, -0.2)])
+def test_torch_over_tf_is_the_ratio_of_the_two_optimizers_actual_steps(ms, g):
+    """One step of a real torch.optim.RMSprop and of RMSpropTF from the same state (mean square ms, a gradient g
+    that keeps it there: g**2 = ms, or not): the report's torch_over_tf_median is torch's step over TF's."""
+    from softq.rl.optim import gradient_report, torch_over_tf_step
+
+    eps, lr, steps = 1e-5, 7e-4, {}
+    for name, cls in (("torch", torch.optim.RMSprop), ("tf", RMSpropTF)):
+        p = torch.nn.Parameter(torch.zeros(1, dtype=torch.float64))
+        opt = cls([p], lr=lr, alpha=0.99, eps=eps)
+        p.grad = torch.zeros_like(p)
+        opt.step()  # creates the state; a zero gradient moves nothing
+        opt.state[p]["square_avg"].fill_(ms)
+        p.grad = torch.full_like(p, g)
+        before = p.detach().clone()
+        opt.step()
+        steps[name] = float((before - p.detach())[0])
+        ms_after = float(opt.state[p]["square_avg"][0])
+    assert steps["torch"] != 0 and steps["tf"] != 0
+    ratio = steps["torch"] / steps["tf"]
+    (row,) = gradient_report(["w"], [torch.full((1,), ms_after, dtype=torch.float64)], eps=eps)
+    assert row["torch_over_tf_median"] == pytest.approx(ratio, rel=1e-9)
+    assert torch_over_tf_step(ms_after ** 0.5, eps) == pytest.approx(ratio, rel=1e-9)
 
 
 def test_inspect_writes_gradients_json_of_a_run(tmp_path, capsys):

@@ -25,13 +25,15 @@ builds the optimizer an :class:`softq.rl.a2c.Config` names (``optimizer``: :data
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
 from torch import Tensor
 
-__all__ = ["OPTIMIZERS", "RMSpropTF", "make_optimizer", "SILENT", "gradient_report", "checkpoint_gradient_report"]
+__all__ = ["OPTIMIZERS", "RMSpropTF", "make_optimizer", "SILENT", "torch_over_tf_step", "gradient_report",
+           "checkpoint_gradient_report"]
 
 #: Names :func:`make_optimizer` accepts: TF1's RMSProp (baselines' A2C, the paper's) and torch's.
 OPTIMIZERS = ("rmsprop_tf", "rmsprop_torch")
@@ -183,6 +185,19 @@ def make_optimizer(name: str, params: Iterable[Tensor], lr: float, alpha: float,
 SILENT = 1e-15
 
 
+def torch_over_tf_step(rms: Tensor | float, eps: float) -> Tensor | float:
+    """torch's RMSprop step over TensorFlow's for one weight whose mean square gradient is ``ms = rms**2`` and whose
+    gradient is ``g`` (any ``g != 0``; elementwise for a tensor ``rms``)::
+
+        (lr g / (sqrt(ms) + eps)) / (lr g / sqrt(ms + eps)) = sqrt(ms + eps) / (sqrt(ms) + eps)
+
+    About ``1 / sqrt(eps)`` where ``rms << eps`` (316 for eps = 1e-5), about ``sqrt(eps) / rms`` between ``eps`` and
+    ``sqrt(eps)``, and 1 (to within eps) once ``rms >> sqrt(eps)``."""
+    if isinstance(rms, Tensor):
+        return (rms.square() + eps).sqrt() / (rms + eps)
+    return math.sqrt(rms * rms + eps) / (rms + eps)
+
+
 def gradient_report(names: list[str], square_avgs: list[Tensor], eps: float) -> list[dict[str, Any]]:
     """What an RMSProp state says about a run's gradients, per parameter tensor (``names[i]``, ``square_avgs[i]``:
     the running mean of ``g**2``, the ``square_avg`` of either optimizer, same order):
@@ -192,8 +207,10 @@ def gradient_report(names: list[str], square_avgs: list[Tensor], eps: float) -> 
     - ``silent``: the fraction of weights with RMS below :data:`SILENT` (no gradient for thousands of updates);
       ``dead_outputs``: for a weight matrix or filter bank, the output units (rows / filters) all of whose weights
       are silent (a dead ReLU unit: it never activates, so nothing flows back), and ``outputs``;
-    - ``torch_over_tf_median``: the median over weights of torch's step over TF's for the same gradient history,
-      ``(sqrt(ms) + eps) / sqrt(ms + eps)`` (< 1: TF's eps inside the root shrinks the step).
+    - ``torch_over_tf_median``: the median over weights of torch's step over TF's for the same mean square ``ms``
+      and gradient ``g``: ``(lr g / (sqrt(ms) + eps)) / (lr g / sqrt(ms + eps)) = sqrt(ms + eps) / (sqrt(ms) + eps)``
+      (> 1 wherever ``sqrt(ms)`` is below about ``sqrt(eps)``: TF's eps inside the root shrinks the step; at
+      ``ms = 0`` the ratio is ``1 / sqrt(eps)``, 316 for eps = 1e-5).
 
     Float64 statistics; quantiles from at most 1M weights (an even subsample of larger tensors)."""
     if len(names) != len(square_avgs):
@@ -205,7 +222,7 @@ def gradient_report(names: list[str], square_avgs: list[Tensor], eps: float) -> 
         rms = v.sqrt()
         flat = rms.reshape(-1)
         sample = flat[:: max(1, flat.numel() // 1_000_000)]
-        ratio = (sample + eps) / (sample.square() + eps).sqrt()
+        ratio = torch_over_tf_step(sample, eps)
         row = {"name": name, "shape": list(v.shape), "weights": v.numel(),
                "rms_quantiles": [float(x) for x in torch.quantile(sample, q)],
                "silent": float((flat < SILENT).double().mean()),
