@@ -180,6 +180,35 @@ def test_hard_n_step_target_of_a_replay_batch_is_unchanged(env):
         assert torch.equal(want, old)  # exactly: only the bootstrap entries matter
 
 
+@pytest.mark.parametrize("target, n_step", [("hard", 1), ("soft_ent", 1), ("soft_kl", 5), ("hard", 5)])
+def test_logged_target_entropy_and_action_gap_are_those_of_the_update_batch(target, n_step):
+    """The columns target_entropy and action_gap of a gradient step: the entropy of softmax(Qbar(s', .) / tau) at
+    each target's bootstrap state, and the online network's best minus second-best Q(s_t, .) before the step, each
+    averaged over the step's batch, recomputed here from the same batch and the same weights."""
+    cfg = Config(target=target, n_step=n_step, tau=0.3, frames=10**6, **{**CARTPOLE, "learning_starts": 200})
+    agent = DQN(cfg)
+    while agent.grad_steps < 3:
+        agent.step()
+    agent.env.close()
+    gen_state, net_before = agent.gen.get_state(), {k: v.clone() for k, v in agent.net.state_dict().items()}
+    agent.update()
+    stats = dict(zip(agent.STAT_NAMES, agent._stats.tolist(), strict=True))
+    assert set(softq.rl.dqn.COLUMNS) >= set(agent.STAT_NAMES)
+    batch = agent.replay.sample(cfg.batch_size, torch.Generator().set_state(gen_state))
+    online = softq.rl.dqn.make_q_net(agent.env.obs_shape, agent.env.n_actions, cfg.hidden)
+    online.load_state_dict(net_before)
+    with torch.no_grad():
+        q_next = agent.target_net(batch.next_obs.reshape(-1, *batch.next_obs.shape[2:])).view(n_step, 64, -1)
+        m = bootstrap_index(batch.terminal, batch.truncated)
+        pi = torch.softmax(q_next[m, torch.arange(64)] / 0.3, dim=-1)
+        want_entropy = float(-(pi * pi.log()).sum(-1).mean())
+        q = online(batch.obs).sort(dim=-1, descending=True).values
+        want_gap = float((q[:, 0] - q[:, 1]).mean())
+    assert stats["target_entropy"] == pytest.approx(want_entropy, rel=1e-5)
+    assert 0 <= stats["target_entropy"] <= math.log(agent.env.n_actions)
+    assert stats["action_gap"] == pytest.approx(want_gap, rel=1e-5) and stats["action_gap"] >= 0
+
+
 def test_value_checks_can_be_turned_off_and_compute_the_same():
     bad = torch.tensor([0.7, 0.7])
     with pytest.raises(ValueError, match="sum to 1"):

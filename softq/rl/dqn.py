@@ -103,8 +103,13 @@ PONG_CPU = {"num_envs": 10, "buffer_size": 100_000, "batch_size": 32, "lr": 1e-4
 #: ``cleanrl`` is :class:`Config`'s own defaults, ``pong-cpu`` is :data:`PONG_CPU`.
 PRESETS = {"cleanrl": {}, "pong-cpu": PONG_CPU}
 #: progress.csv columns of a DQN run (``updates`` counts vector steps, ``grad_steps`` gradient steps).
+#: ``target_entropy``: the mean over the batch of the entropy of the target network's Boltzmann policy
+#: ``softmax(Qbar(s', .) / tau)`` at the next state ``s'`` each target bootstraps from (the policy the soft targets
+#: average over; for ``hard``, whose greedy policy has entropy 0, the same diagnostic at the run's ``tau``).
+#: ``action_gap``: the mean over the batch of the online network's best minus second-best ``Q(s_t, .)``. Both, like
+#: ``loss``, ``q_mean``, ``target_mean`` and ``grad_norm``, are of the last gradient step before the row.
 COLUMNS = ("frames", "updates", "grad_steps", "episodes", "score_mean100", "score_count", "loss", "q_mean",
-           "target_mean", "grad_norm", "epsilon", "lr", "sps", "wall_s")
+           "target_mean", "grad_norm", "target_entropy", "action_gap", "epsilon", "lr", "sps", "wall_s")
 
 
 @dataclass
@@ -289,7 +294,7 @@ class DQN:
     :meth:`step` is one vector step (``num_envs`` env steps) and the gradient steps it makes due.
     """
 
-    STAT_NAMES = ("loss", "q_mean", "target_mean", "grad_norm")
+    STAT_NAMES = ("loss", "q_mean", "target_mean", "grad_norm", "target_entropy", "action_gap")
     columns = COLUMNS
 
     def __init__(self, cfg: Config, env: VecEnv | None = None):
@@ -425,8 +430,14 @@ class DQN:
     # --- learning -------------------------------------------------------------------------------------------
 
     def target(self, batch) -> torch.Tensor:
-        """The fixed targets ``y [N]`` of a :class:`softq.rl.replay.Batch`: eqs (81)-(83), n-step eq (46), from the
-        target network (:func:`softq.regularized.q_learning_target`). Call under ``torch.no_grad()``.
+        """The fixed targets ``y [N]`` of a :class:`softq.rl.replay.Batch` (:meth:`target_and_bootstrap_q`)."""
+        return self.target_and_bootstrap_q(batch)[0]
+
+    def target_and_bootstrap_q(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(y [N], q_boot [N, A])``: the fixed targets of a :class:`softq.rl.replay.Batch`, eqs (81)-(83), n-step
+        eq (46), from the target network (:func:`softq.regularized.q_learning_target`), and the target network's
+        ``Qbar(s', .)`` at the next state each target bootstraps from (:func:`bootstrap_index`; a diagnostic: its
+        rows after a terminal step enter no target). Call under ``torch.no_grad()``.
 
         Soft targets need ``Qbar`` at all n next states (their penalties ``k``), so the target network runs on the
         ``[n*N]`` states ``next_obs``. The ``hard`` target needs only the one it bootstraps from
@@ -436,25 +447,28 @@ class DQN:
         """
         cfg = self.cfg
         n, size = batch.rewards.shape
+        m = bootstrap_index(batch.terminal, batch.truncated)
+        cols = torch.arange(size, device=m.device)
         if cfg.target == "hard" and n > 1:
-            m = bootstrap_index(batch.terminal, batch.truncated)
-            cols = torch.arange(size, device=m.device)
             q_boot = self.q_values(self.target_net, batch.next_obs[m, cols])  # [N, A]
             q_next = torch.zeros((n, *q_boot.shape), dtype=q_boot.dtype, device=q_boot.device)
             q_next[m, cols] = q_boot
         else:
             q_next = self.q_values(self.target_net, batch.next_obs.reshape(n * size, *batch.next_obs.shape[2:]))
             q_next = q_next.view(n, size, -1)
-        return regularized.q_learning_target(batch.rewards, q_next, batch.terminal, batch.truncated,
-                                             cfg.gamma, cfg.tau, cfg.target)
+            q_boot = q_next[m, cols]
+        y = regularized.q_learning_target(batch.rewards, q_next, batch.terminal, batch.truncated,
+                                          cfg.gamma, cfg.tau, cfg.target)
+        return y, q_boot
 
     def _update_body(self) -> None:
         """One gradient step on a sampled batch; only device work (capturable). Writes ``_stats`` and ``_bad``."""
         cfg = self.cfg
         batch = self.replay.sample(cfg.batch_size, self.gen, self.sample_u)
         with torch.no_grad():
-            y = self.target(batch)
-        q_taken = self.q_values(self.net, batch.obs).gather(1, batch.actions[:, None])[:, 0]
+            y, q_boot = self.target_and_bootstrap_q(batch)
+        q_all = self.q_values(self.net, batch.obs)
+        q_taken = q_all.gather(1, batch.actions[:, None])[:, 0]
         loss = dqn_loss(q_taken, y, cfg.loss)
         loss.backward()
         if cfg.max_grad_norm > 0:
@@ -463,7 +477,11 @@ class DQN:
             grad_norm = torch.nn.utils.get_total_norm([p.grad for p in self.params])
         self.opt.step()
         loss, grad_norm = loss.detach(), grad_norm.detach()
-        self._stats.copy_(torch.stack([loss, q_taken.detach().mean(), y.mean(), grad_norm]))
+        with torch.no_grad():
+            log_pi = regularized.log_boltzmann_policy(q_boot, cfg.tau)
+            top2 = q_all.detach().topk(2, dim=-1).values  # every env here has at least 2 actions
+            diagnostics = [regularized.entropy(log_pi=log_pi).mean(), (top2[:, 0] - top2[:, 1]).mean()]
+        self._stats.copy_(torch.stack([loss, q_taken.detach().mean(), y.mean(), grad_norm, *diagnostics]))
         self._bad.logical_or_(~(torch.isfinite(loss) & torch.isfinite(grad_norm)))
 
     def update(self) -> None:
@@ -593,7 +611,9 @@ class DQN:
             setattr(self, k, v)
         self.scores = deque(state["scores"], maxlen=100)
         self._have_stats = state["have_stats"]
-        self._stats.copy_(state["stats"])
+        stats = state["stats"]  # a checkpoint of code before the diagnostics: its first four statistics
+        self._stats.fill_(float("nan"))
+        self._stats[: len(stats)].copy_(stats)
         envs_restored = self.env.load_state_dict(state["env"])
         if envs_restored:
             self.obs = state["obs"]
