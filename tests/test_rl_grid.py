@@ -51,7 +51,7 @@ def test_fill_skips_finished_resumes_paused_restarts_partial(tmp_path, capsys):
     (partial / "checkpoint.pt").unlink()
     capsys.readouterr()
     assert main([*GRID, "--results", str(part), "--dry-run"]) == 0
-    lines = capsys.readouterr().err.splitlines()
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if not ln.startswith("protocol: ")]
     assert [ln.split()[0] for ln in lines[:4]] == ["skip", "resume", "restart", "start"], lines
     assert lines[-1] == "1 skip, 1 resume, 1 start, 1 restart"
     assert not (exp / "proper" / "seed1").exists(), "--dry-run must run nothing"
@@ -73,7 +73,7 @@ def test_grid_is_seed_major(tmp_path, capsys):
     """Seed 0 of every rule comes before seed 1 of any."""
     assert main(["train", "--rules", "naive,proper,soft_q", "--seeds", "0,1", *TINY, "--fill", "--dry-run",
                  "--results", str(tmp_path)]) == 0
-    outs = [ln.split()[1] for ln in capsys.readouterr().err.splitlines()[:-1]]
+    outs = [ln.split()[1] for ln in capsys.readouterr().err.splitlines()[1:-1]]  # after the protocol line
     assert [Path(o).parent.name + "/" + Path(o).name for o in outs] == [
         "naive/seed0", "proper/seed0", "soft_q/seed0", "naive/seed1", "proper/seed1", "soft_q/seed1"]
 
@@ -116,10 +116,31 @@ def test_several_envs_are_several_experiments(tmp_path, capsys):
     """--envs: one experiment per environment (<algo>-<env>), the same grid in each; --experiment then refused."""
     assert main(["train", "--envs", "CartPole-v1,Acrobot-v1", "--rules", "naive,proper", "--seeds", "0", *TINY,
                  "--fill", "--dry-run", "--results", str(tmp_path)]) == 0
-    outs = [Path(ln.split()[1]) for ln in capsys.readouterr().err.splitlines()[:-1]]
+    err = capsys.readouterr().err.splitlines()
+    outs = [Path(ln.split()[1]) for ln in err if ln.startswith("start")]
     assert [str(o.relative_to(tmp_path)) for o in outs] == [
         "a2c-CartPole-v1/naive/seed0", "a2c-CartPole-v1/proper/seed0",
         "a2c-Acrobot-v1/naive/seed0", "a2c-Acrobot-v1/proper/seed0"]
+    assert err[0].startswith("protocol: the paper's A2C, except ")  # TINY's budget and settings, named
     with pytest.raises(SystemExit):
         main(["train", "--envs", "CartPole-v1,Acrobot-v1", "--experiment", "x", *TINY, "--fill", "--dry-run"])
     assert "--experiment" in capsys.readouterr().err
+    assert main(["train", "--envs", "CartPole-v1,Acrobot-v1", "--experiment", "study-{env}", "--seeds", "0", *TINY,
+                 "--fill", "--dry-run", "--results", str(tmp_path)]) == 0
+    outs = [Path(ln.split()[1]) for ln in capsys.readouterr().err.splitlines() if ln.startswith("start")]
+    assert [str(o.relative_to(tmp_path)) for o in outs] == ["study-CartPole-v1/proper/seed0",
+                                                           "study-Acrobot-v1/proper/seed0"]
+
+
+def test_the_dry_run_names_how_a_grid_departs_from_the_papers_protocol(tmp_path, capsys):
+    """The paper's A2C at its 320M frames: no difference; a CPU budget and torch's RMSprop: both named."""
+    from softq.rl.a2c import PAPER_FRAMES, Config, paper_protocol_differences
+
+    assert paper_protocol_differences(Config(frames=PAPER_FRAMES, rule="naive", seed=4)) == []
+    assert paper_protocol_differences(Config(frames=20_000_000, optimizer="rmsprop_torch", torch_threads=1)) == [
+        "20M of the paper's 320M frames", "optimizer rmsprop_torch (the paper: rmsprop_tf)"]
+    assert main(["train", "--env", "PongNoFrameskip-v4", "--rules", "naive,proper", "--frames", "20000000",
+                 "--precision", "bf16", "--fill", "--dry-run", "--results", str(tmp_path)]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == ("protocol: the paper's A2C, except 20M of the paper's 320M frames; "
+                      "precision bf16 (the paper: fp32)")

@@ -114,7 +114,8 @@ def _parser(algo: str = "a2c", preset: str | None = None) -> argparse.ArgumentPa
                    help="several environments, comma-separated (e.g. the paper's six games), each its own experiment")
     t.add_argument("--out", type=Path, help="the run's folder (one run only); default results/<experiment>/...")
     t.add_argument("--results", type=Path, default=Path("results"), help="root of the results layout")
-    t.add_argument("--experiment", help="experiment name (default <algo>-<env>)")
+    t.add_argument("--experiment", help="experiment name, the folder under --results; {env} in it stands for the "
+                                        "game's id, {algo} for --algo (default {algo}-{env})")
     t.add_argument("--resume", action="store_true", help="continue from each run's checkpoint.pt")
     t.add_argument("--fill", action="store_true",
                    help="run what is missing of the grid: skip finished runs, resume those with a checkpoint, "
@@ -244,8 +245,9 @@ def main(argv: list[str] | None = None) -> int:
             for tau in ([args.tau] if target == "hard" else args.taus or [args.tau]):  # hard has no tau
                 variants += [{"target": target, "tau": tau, "n_step": n} for n in args.n_steps or [args.n_step]]
     envs = args.envs or [args.env]
-    if args.envs and args.experiment and len(envs) > 1:
-        parser.error("--experiment names one experiment; with several --envs each is <algo>-<env>")
+    if args.envs and args.experiment and len(envs) > 1 and "{env}" not in args.experiment:
+        parser.error("--experiment names one experiment; with several --envs put {env} in it (a2c-paper-{env}), "
+                     "or leave it out (each game's is <algo>-<env>)")
     cfgs = []
     try:  # seed-major within each env: seed 0 of every variant first, so that a comparison exists early
         for env in envs:
@@ -267,7 +269,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.out is not None and len(cfgs) > 1:
         parser.error("--out names one run's folder; with several rules/seeds use --results and --experiment")
     outs = [args.out] if args.out is not None else [
-        run_dir(args.results, args.experiment or f"{args.algo}-{c.env}", c.rule, c.seed) for c in cfgs]
+        run_dir(args.results, (args.experiment or "{algo}-{env}").format(algo=args.algo, env=c.env), c.rule, c.seed)
+        for c in cfgs]
     if args.fill:
         from softq.rl.grid import describe, fill, plan
 
@@ -275,6 +278,13 @@ def main(argv: list[str] | None = None) -> int:
             planned = plan(list(zip(cfgs, outs, strict=True)))
         except ValueError as e:
             parser.error(str(e))
+        if args.algo == "a2c":
+            from softq.rl.a2c import paper_protocol_differences
+
+            kinds = {tuple(paper_protocol_differences(c)) for c in cfgs}
+            for diff in sorted(kinds):
+                print("protocol: " + ("the paper's A2C, except " + "; ".join(diff) if diff
+                                      else "the paper's A2C (Section 6.1), 320M frames a run"), file=sys.stderr)
         print(describe(planned), file=sys.stderr)
         if args.bench is not None:
             from softq.rl.cluster import describe_estimate, estimate

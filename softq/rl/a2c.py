@@ -45,8 +45,9 @@ from softq.rl.nets import make_net
 from softq.rl.optim import OPTIMIZERS, make_optimizer
 
 __all__ = [
-    "RULES", "CARTPOLE", "Config", "auto_torch_threads", "restore_generator", "NonFiniteLoss", "A2C", "a2c_loss",
-    "dueling_soft_q_loss", "reset_placeholders", "masked_mean",
+    "RULES", "CARTPOLE", "PAPER_FRAMES", "Config", "paper_protocol_differences", "auto_torch_threads",
+    "restore_generator", "NonFiniteLoss", "A2C", "a2c_loss", "dueling_soft_q_loss", "reset_placeholders",
+    "masked_mean",
 ]
 
 RULES = ("naive", "proper", "soft_q")
@@ -165,6 +166,30 @@ class Config:
         if unknown:
             raise ValueError(f"config: unknown fields {sorted(unknown)}")
         return cls(**d)
+
+
+#: The paper's A2C budget: 320M frames per run (Section 6.1, "train for 320 million frames"); the learning rate's
+#: default schedule ends there (``schedule_frames``).
+PAPER_FRAMES = 320_000_000
+#: Fields that say what a run is or where and how it runs, not how it learns: never a difference of protocol.
+_NOT_PROTOCOL = ("algo", "env", "rule", "seed", "frames", "device", "env_backend", "env_threads", "torch_threads",
+                 "log_every", "agreement_every", "checkpoint_minutes", "checkpoint_every", "time_limit_minutes",
+                 "hidden")
+
+
+def paper_protocol_differences(cfg: Config) -> list[str]:
+    """How ``cfg`` departs from the paper's A2C protocol (``Config``'s defaults, 320M frames a run), one phrase each:
+    the budget first (``"10M of the paper's 320M frames"``), then every learning setting that differs from its
+    default (``"optimizer rmsprop_torch (the paper: rmsprop_tf)"``). Empty for the paper's own protocol. The command
+    line's ``--dry-run`` prints it; figure captions name it."""
+    out = []
+    if cfg.frames != PAPER_FRAMES:
+        out.append(f"{cfg.frames / 1e6:g}M of the paper's {PAPER_FRAMES / 1e6:g}M frames")
+    defaults = Config(env=cfg.env)
+    for f in fields(Config):
+        if f.name not in _NOT_PROTOCOL and getattr(cfg, f.name) != getattr(defaults, f.name):
+            out.append(f"{f.name} {getattr(cfg, f.name)} (the paper: {getattr(defaults, f.name)})")
+    return out
 
 
 def auto_torch_threads(env: str, device: torch.device, cores: int | None = None) -> int:
