@@ -1,8 +1,12 @@
 """Figures of the book, written by code: :func:`savefig` saves every figure as PNG (notebooks, README) and SVG.
 
-Learning curves in the paper's style (Figures 1-3: the mean over seeds as a solid line, one standard deviation
-shaded) are read from the results layout of :mod:`softq.rl.runs`, ``<experiment>/<rule>/seed<k>/progress.csv``:
-:func:`read_runs`, :func:`curve_stats`, :func:`plot_learning_curves`, :func:`learning_curve_grid`.
+Learning curves (Figures 1-3) are read from the results layout of :mod:`softq.rl.runs`,
+``<experiment>/<rule>/seed<k>/progress.csv``: :func:`read_runs`, :func:`curve_stats`, :func:`plot_learning_curves`,
+:func:`learning_curve_grid`. They are drawn so that they cannot mislead: with fewer than :data:`MIN_SEEDS_FOR_BAND`
+seeds every seed is a thin line and the mean over seeds a thick one (a band over three seeds that split into
+learners and stalls says nothing and leaves the score's range); with more, the mean and a band, which must lie
+inside the game's score range (:data:`SCORE_RANGES`; a band outside it raises); the panels of one game share one
+y scale.
 
 In smoke mode (``softq.config.SMOKE``) figures go to ``build/figures-smoke/`` so a smoke run never overwrites the
 book's figures in ``figures/``.
@@ -23,6 +27,7 @@ import numpy as np
 from softq import config
 
 __all__ = ["figure_dir", "savefig", "read_runs", "has_runs", "curve_stats", "plot_learning_curves",
+           "MIN_SEEDS_FOR_BAND", "CURVES_KEY", "SCORE_RANGES", "score_range", "draw_band",
            "learning_curve_grid", "game_length_trace", "game_lengths",
            "RULE_STYLE", "run_records", "config_spread", "budget_caption",
            "plot_runs", "plot_pairs", "run_record"]
@@ -38,6 +43,15 @@ RULE_STYLE = {"naive": ("C1", "naive (1-step entropy bonus, eq 79)"),
               "soft_kl_tau0.1": ("C0", "soft (KL), tau=0.1 (eq 82)"),
               "soft_ent_tau0.01": ("C1", "soft (ent), tau=0.01 (eq 83)"),
               "soft_kl_tau0.01": ("C2", "soft (KL), tau=0.01 (eq 82)")}
+
+#: Below this many seeds a learning-curve figure draws every seed and the mean, no band.
+MIN_SEEDS_FOR_BAND = 5
+#: How to read a learning-curve figure drawn by :func:`plot_learning_curves` (a caption line).
+CURVES_KEY = (f"Thick: the mean over seeds; thin: each seed (with {MIN_SEEDS_FOR_BAND} or more seeds, the mean and "
+              "one standard deviation shaded instead).")
+#: The range of a game's score as the curves show it (the last-100-game mean): Pong's games end at 21 points,
+#: CartPole-v1's episodes at 500 steps (one point a step). A game not listed has no range checked.
+SCORE_RANGES = {"PongNoFrameskip-v4": (-21.0, 21.0), "CartPole-v1": (0.0, 500.0)}
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]*$")
 
@@ -148,10 +162,39 @@ def curve_stats(runs: dict[int, tuple[np.ndarray, np.ndarray]], ddof: int = 1
     return x, mean, std, n
 
 
+def score_range(experiment: str | Path) -> tuple[float, float] | None:
+    """The score range (:data:`SCORE_RANGES`) of the game an experiment's runs play (their ``config.json``), or
+    None when it is not listed or no run has a config."""
+    for cfg in Path(experiment).glob("*/seed*/config.json"):
+        return SCORE_RANGES.get(run_record(cfg.parent)["config"].get("env"))
+    return None
+
+
+def draw_band(ax, x, lo, hi, *, color=None, limits: tuple[float, float] | None = None, what: str = "band"):
+    """Shade ``lo..hi`` over ``x`` on ``ax``; a band that leaves ``limits`` (a score range) raises ValueError: a
+    band that shows scores the game cannot have misleads."""
+    lo, hi = np.asarray(lo, float), np.asarray(hi, float)
+    if limits is not None:
+        below, above = np.nanmin(lo, initial=np.inf), np.nanmax(hi, initial=-np.inf)
+        if below < limits[0] - 1e-9 or above > limits[1] + 1e-9:
+            raise ValueError(f"{what}: spans {below:.3g} to {above:.3g}, outside the score range {limits}: refused "
+                             f"(draw each seed instead)")
+    ax.fill_between(x, lo, hi, color=color, alpha=0.25, lw=0)
+
+
 def plot_learning_curves(ax, experiment: str | Path, rules, *, y: str = "score_mean100", ddof: int = 1,
-                         labels: dict[str, str] | None = None) -> dict[str, dict[str, float]]:
-    """Draw each rule's mean over seeds (solid) and one standard deviation (shaded) on ``ax``; return, per rule,
-    ``{"n_seeds", "final_mean", "final_std", "frames"}`` (the last common point)."""
+                         labels: dict[str, str] | None = None, band: str = "auto",
+                         limits: tuple[float, float] | None = None) -> dict[str, dict]:
+    """Draw each rule's runs on ``ax``: every seed as a thin line and the mean over seeds as a thick one; with at
+    least :data:`MIN_SEEDS_FOR_BAND` seeds and ``band="auto"``, the mean and one standard deviation shaded
+    instead (``band="sd"`` asks for the band with any number of seeds, ``"none"`` for the seeds always). ``limits``
+    (default: the game's :func:`score_range`, for ``y = score_mean100``): a seed's curve or a band outside it
+    raises ValueError. Return, per rule, ``{"n_seeds", "final_mean", "final_std", "final_seeds" ({seed: value}),
+    "frames"}`` at the last point every seed has logged."""
+    if band not in ("auto", "sd", "none"):
+        raise ValueError(f"band must be 'auto', 'sd' or 'none', got {band!r}")
+    if limits is None and y == "score_mean100":
+        limits = score_range(experiment)
     summary = {}
     for rule in rules:
         runs = read_runs(experiment, rule, y=y)
@@ -160,10 +203,22 @@ def plot_learning_curves(ax, experiment: str | Path, rules, *, y: str = "score_m
         x, mean, std, n = curve_stats(runs, ddof)
         color, label = RULE_STYLE.get(rule, (None, rule))
         label = (labels or {}).get(rule, label)
-        ax.plot(x, mean, color=color, lw=1.5, label=f"{label}, {n} seed{'s' * (n > 1)}")
-        ax.fill_between(x, mean - std, mean + std, color=color, alpha=0.25, lw=0)
+        shade = band == "sd" or (band == "auto" and n >= MIN_SEEDS_FOR_BAND)
+        for seed, (xs, ys) in runs.items():
+            if limits is not None and not np.all(np.isnan(ys) | ((ys >= limits[0]) & (ys <= limits[1]))):
+                raise ValueError(f"{experiment}/{rule}/seed{seed}: {y} outside the score range {limits}")
+            if not shade:
+                ax.plot(xs, ys, color=color, lw=0.7, alpha=0.45)
+        ax.plot(x, mean, color=color, lw=2.0 if not shade else 1.5,
+                label=f"{label}: mean of {n} seed{'s' * (n > 1)}" + ("" if shade or n == 1 else " (thin: each)"))
+        if shade:
+            draw_band(ax, x, mean - std, mean + std, color=color, limits=limits, what=f"{rule}: mean +- 1 sd")
+        ends = {seed: float(ys[np.searchsorted(xs, x[-1])]) for seed, (xs, ys) in runs.items()}
         summary[rule] = {"n_seeds": n, "final_mean": float(mean[-1]), "final_std": float(std[-1]),
-                         "frames": float(x[-1])}
+                         "final_seeds": ends, "frames": float(x[-1])}
+    if limits is not None:
+        pad = 0.04 * (limits[1] - limits[0])
+        ax.set_ylim(limits[0] - pad, limits[1] + pad)
     _label_axes(ax, y)
     return summary
 
@@ -176,10 +231,11 @@ def _label_axes(ax, y: str) -> None:
 
 
 def learning_curve_grid(experiments: dict[str, str | Path], rules, *, ncols: int = 3, y: str = "score_mean100",
-                        ddof: int = 1, suptitle: str | None = None, caption=()):
+                        ddof: int = 1, suptitle: str | None = None, caption=(), band: str = "auto"):
     """One panel per experiment (e.g. per Atari game: ``{"Pong": results/a2c-PongNoFrameskip-v4, ...}``), the
-    paper's layout, with the legend under the panels (never over a curve) and under it the ``caption`` lines
-    (wrapped; e.g. :func:`budget_caption`). Returns ``(fig, {title: plot_learning_curves summary})``."""
+    paper's layout, each drawn by :func:`plot_learning_curves`, with the legend under the panels (never over a
+    curve) and under it the ``caption`` lines (wrapped; e.g. :func:`budget_caption`). Panels of one game share one
+    y scale (panels of different games keep their own, as in the paper). Returns ``(fig, {title: summary})``."""
     import textwrap
 
     import matplotlib.pyplot as plt
@@ -192,9 +248,16 @@ def learning_curve_grid(experiments: dict[str, str | Path], rules, *, ncols: int
     panels_h = 3.3 * nrows
     fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, panels_h), squeeze=False)
     out = {}
+    games = {}
     for ax, (title, path) in zip(axes.flat, experiments.items(), strict=False):
-        out[title] = plot_learning_curves(ax, path, rules, y=y, ddof=ddof)
+        out[title] = plot_learning_curves(ax, path, rules, y=y, ddof=ddof, band=band)
         ax.set_title(title)
+        env = next((run_record(c.parent)["config"].get("env") for c in Path(path).glob("*/seed*/config.json")), title)
+        games.setdefault(env, []).append(ax)
+    for same in games.values():  # one y scale for the panels of one game
+        lo, hi = min(a.get_ylim()[0] for a in same), max(a.get_ylim()[1] for a in same)
+        for a in same:
+            a.set_ylim(lo, hi)
     for ax in list(axes.flat)[n:]:
         ax.set_visible(False)
     handles, labels = axes.flat[0].get_legend_handles_labels()
@@ -230,13 +293,14 @@ def plot_runs(ax, runs: dict[str, str | Path], *, y: str = "score_mean100") -> d
 
 
 def plot_pairs(pairs: dict[str, dict[str, str | Path]], field: str, *, title: str = "", ncols: int = 0,
-               sharey: bool = False, panel_width: float = 4.6, height: float = 4.0):
+               panel_width: float = 4.6, height: float = 4.0):
     """A controlled comparison: one panel per entry of ``pairs`` (``{panel title: {label: run folder}}``), its runs
     drawn with :func:`plot_runs`. Each panel's runs are checked (:func:`softq.check.check`, which raises) to differ
     in the Config field ``field`` and in no other (run control aside, :func:`config_spread`); a panel with a run
     that has no ``progress.csv`` yet is left out. Prints each run's end (score, frames, status, wall time, frames/s)
     and puts :func:`budget_caption` of all the runs under the panels. ``ncols``: panels per row (0: all in one row);
-    ``sharey``: one y scale for every panel; ``height``: of one row, in inches.
+    ``height``: of one row, in inches. Every panel has the same y scale (one game: noise must not look like
+    learning in one panel and like noise in the next).
 
     Returns the figure, or None when no panel has all its runs."""
     import textwrap
@@ -251,7 +315,7 @@ def plot_pairs(pairs: dict[str, dict[str, str | Path]], field: str, *, title: st
     ncols = min(ncols or len(present), len(present))
     nrows = math.ceil(len(present) / ncols)
     width = max(6.0, panel_width * ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(width, height * nrows + 0.4), squeeze=False, sharey=sharey)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width, height * nrows + 0.4), squeeze=False, sharey=True)
     for ax in axes.flat[len(present):]:
         ax.set_visible(False)
     every = {}

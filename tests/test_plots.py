@@ -6,6 +6,7 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
+from _runs import write_run  # noqa: E402
 
 from softq import config, plots  # noqa: E402
 
@@ -39,23 +40,15 @@ def test_bad_names_are_rejected(name):
     plt.close("all")
 
 
-def _write_run(root, rule, seed, frames, scores):
-    d = root / rule / f"seed{seed}"
-    d.mkdir(parents=True)
-    lines = ["frames,updates,score_mean100"] + [f"{f},{i},{'' if s is None else s}"
-                                                for i, (f, s) in enumerate(zip(frames, scores, strict=True))]
-    (d / "progress.csv").write_text("\n".join(lines) + "\n")
-
-
 def test_learning_curves_mean_and_std_over_seeds(tmp_path):
     """Mean and sample standard deviation at the frames every seed has logged; a run in progress is cut there."""
     import numpy as np
 
     exp = tmp_path / "a2c-Test"
-    _write_run(exp, "proper", 0, [100, 200, 300], [None, 2.0, 4.0])
-    _write_run(exp, "proper", 1, [100, 200, 300], [1.0, 4.0, 8.0])
-    _write_run(exp, "proper", 2, [100, 200], [1.0, 6.0])  # still running
-    _write_run(exp, "naive", 0, [100, 200], [5.0, 5.0])
+    write_run(exp, "proper", 0, [100, 200, 300], [None, 2.0, 4.0])
+    write_run(exp, "proper", 1, [100, 200, 300], [1.0, 4.0, 8.0])
+    write_run(exp, "proper", 2, [100, 200], [1.0, 6.0])  # still running
+    write_run(exp, "naive", 0, [100, 200], [5.0, 5.0])
     runs = plots.read_runs(exp, "proper")
     assert sorted(runs) == [0, 1, 2]
     x, mean, std, n = plots.curve_stats(runs)
@@ -69,6 +62,38 @@ def test_learning_curves_mean_and_std_over_seeds(tmp_path):
     assert set(out["Test"]) == {"naive", "proper"} and out["Test"]["proper"]["final_mean"] == 4.0
     assert out["Test"]["proper"]["frames"] == 200.0 and out["Test"]["proper"]["n_seeds"] == 3
     assert len(fig.axes) == 2
+    plt.close("all")
+
+
+def test_few_seeds_are_drawn_one_by_one_and_a_band_outside_the_score_range_is_refused(tmp_path):
+    """Three Pong seeds that split into learners and a stall: three thin lines and a thick mean, no band, and the
+    y axis on the score's range. Asked for a +-1 sd band, the same runs are refused (the band leaves [-21, 21]);
+    five seeds get a band by default when it fits, and a seed's curve outside the stated range raises."""
+    import numpy as np
+
+    exp = tmp_path / "a2c-Pong"
+    for seed, end in enumerate([20.0, 18.0, -21.0]):
+        write_run(exp, "proper", seed, [1, 2, 3], [-21.0, -10.0, end])
+    fig, ax = plt.subplots()
+    out = plots.plot_learning_curves(ax, exp, ["proper"], limits=(-21, 21))
+    assert len(ax.lines) == 4 and not ax.collections  # 3 seeds + the mean, no band
+    assert [line.get_linewidth() for line in ax.lines] == [0.7, 0.7, 0.7, 2.0]
+    assert out["proper"]["final_seeds"] == {0: 20.0, 1: 18.0, 2: -21.0}
+    assert -21 > ax.get_ylim()[0] > -23 and 21 < ax.get_ylim()[1] < 23
+    with pytest.raises(ValueError, match="outside the score range"):
+        plots.plot_learning_curves(plt.subplots()[1], exp, ["proper"], band="sd", limits=(-21, 21))
+    five = tmp_path / "five"
+    for seed in range(5):
+        write_run(five, "naive", seed, [1, 2], [-20.0 + seed, -19.0 + seed])
+    ax5 = plt.subplots()[1]
+    plots.plot_learning_curves(ax5, five, ["naive"], limits=(-21, 21))
+    assert len(ax5.lines) == 1 and len(ax5.collections) == 1  # the mean and its band
+    np.testing.assert_allclose(ax5.lines[0].get_ydata(), [-18.0, -17.0])
+    write_run(five, "soft_q", 0, [1, 2], [-20.0, 30.0])
+    with pytest.raises(ValueError, match="soft_q/seed0: score_mean100 outside the score range"):
+        plots.plot_learning_curves(plt.subplots()[1], five, ["soft_q"], limits=(-21, 21))
+    with pytest.raises(ValueError, match="band"):
+        plots.plot_learning_curves(ax, exp, ["proper"], band="ci")
     plt.close("all")
 
 

@@ -1,0 +1,49 @@
+"""softq.rl.stats: intervals and probabilities of improvement over seeds, through rliable, checked by hand."""
+
+import itertools
+
+import numpy as np
+import pytest
+from _runs import write_run
+
+from softq.rl import stats
+
+
+def test_final_scores_at_the_last_common_point_and_at_a_named_one(tmp_path):
+    write_run(tmp_path, "naive", 0, [10, 20, 30], [1.0, 2.0, 3.0])
+    write_run(tmp_path, "naive", 1, [10, 20], [4.0, 5.0])  # still running: the common point is 20
+    write_run(tmp_path, "proper", 0, [10, 20, 30], [7.0, 8.0, 9.0])
+    assert stats.final_scores(tmp_path, ["naive", "proper"]) == {"naive": {0: 2.0, 1: 5.0}, "proper": {0: 8.0}}
+    assert stats.final_scores(tmp_path, ["naive"], frames=10) == {"naive": {0: 1.0, 1: 4.0}}
+    with pytest.raises(ValueError, match="seed1 has no row at 30"):
+        stats.final_scores(tmp_path, ["naive"], frames=30)
+    with pytest.raises(ValueError, match="no runs of"):
+        stats.final_scores(tmp_path, ["soft_q"])
+
+
+def test_mean_interval_is_the_percentile_bootstrap_of_the_mean():
+    """The interval of three scores: the 2.5% and 97.5% quantiles of the means of resampled seeds, which a direct
+    numpy bootstrap reproduces to within its sampling error; reproducible with the seed; inside the scores' range."""
+    scores = {"a": [-20.0, 15.0, 18.0], "b": {0: 3.0}}
+    out = stats.mean_intervals(scores, reps=10_000)
+    assert out == stats.mean_intervals(scores, reps=10_000)
+    mean, lo, hi = out["a"]
+    assert mean == pytest.approx(13.0 / 3) and -20.0 <= lo < mean < hi <= 18.0
+    rng = np.random.default_rng(1)
+    x = np.array(scores["a"])
+    boot = x[rng.integers(0, 3, (200_000, 3))].mean(1)
+    assert lo == pytest.approx(np.quantile(boot, 0.025), abs=0.5)
+    assert hi == pytest.approx(np.quantile(boot, 0.975), abs=0.5)
+    assert out["b"] == (3.0, 3.0, 3.0)
+    with pytest.raises(ValueError, match="finite"):
+        stats.mean_intervals({"c": [1.0, float("nan")]})
+
+
+def test_probability_of_improvement_counts_pairs_of_seeds():
+    x, y = [1.0, 5.0, 9.0], [2.0, 5.0, 3.0]
+    p, lo, hi = stats.improvement_probability(x, y, reps=1000)
+    pairs = [(a > b) + 0.5 * (a == b) for a, b in itertools.product(x, y)]
+    assert p == pytest.approx(sum(pairs) / len(pairs))
+    assert 0.0 <= lo <= p <= hi <= 1.0
+    assert stats.improvement_probability([5.0, 6.0], [1.0, 2.0], reps=200) == (1.0, 1.0, 1.0)
+    assert stats.improvement_probability({0: 1.0}, {0: 1.0}, reps=200)[0] == 0.5
