@@ -47,3 +47,21 @@ def test_probability_of_improvement_counts_pairs_of_seeds():
     assert 0.0 <= lo <= p <= hi <= 1.0
     assert stats.improvement_probability([5.0, 6.0], [1.0, 2.0], reps=200) == (1.0, 1.0, 1.0)
     assert stats.improvement_probability({0: 1.0}, {0: 1.0}, reps=200)[0] == 0.5
+
+
+def test_score_comparison_reports_means_intervals_and_whether_the_seeds_rank(tmp_path):
+    for seed, (a, b) in enumerate([(10.0, -20.0), (12.0, -19.0), (15.0, -21.0)]):
+        write_run(tmp_path, "proper", seed, [5, 10], [0.0, a])
+        write_run(tmp_path, "naive", seed, [5, 10], [0.0, b])
+    out = stats.score_comparison(tmp_path, ["naive", "proper"], [("proper", "naive")], reps=500)
+    assert out["frames"] == 10 and out["scores"]["proper"] == {0: 10.0, 1: 12.0, 2: 15.0}
+    assert out["improvement"]["proper", "naive"] == (1.0, 1.0, 1.0)  # the bootstrap's interval excludes 1/2 ...
+    assert "no ranking: with 3 and 3 seeds no outcome can" in out["text"][-1]  # ... but 1 split in 10 does that
+    assert stats.permutation_pvalue([10.0, 12.0, 15.0], [-20.0, -19.0, -21.0]) == (0.1, 0.1)
+    early = stats.score_comparison(tmp_path, ["naive", "proper"], [("proper", "naive")], frames=5, reps=500)
+    assert early["improvement"]["proper", "naive"][0] == 0.5 and "support no ranking" in early["text"][-1]
+    for seed in range(3, 6):  # six seeds a side, all of proper above all of naive: p = 2 / C(12, 6)
+        write_run(tmp_path, "proper", seed, [5, 10], [0.0, 20.0 - seed])
+        write_run(tmp_path, "naive", seed, [5, 10], [0.0, -18.0 + seed / 10])
+    six = stats.score_comparison(tmp_path, ["naive", "proper"], [("proper", "naive")], reps=500)
+    assert six["text"][-1].endswith(f"proper scores higher (exact permutation test, p = {2 / 924:.3f})")

@@ -8,7 +8,12 @@ and every comparison of two rules as a probability of improvement with its inter
 - :func:`mean_intervals`: per rule, the mean over seeds and its 95% percentile-bootstrap interval
   (``rliable.library.get_interval_estimates``, ``rliable.metrics.aggregate_mean``);
 - :func:`improvement_probability`: ``P(X > Y)`` for a run ``X`` of one rule and ``Y`` of another, ties counted
-  one half (``rliable.metrics.probability_of_improvement``), with the same kind of interval.
+  one half (``rliable.metrics.probability_of_improvement``), with the same kind of interval;
+- :func:`permutation_pvalue`: the exact two-sided permutation test of ``P(X > Y) = 1/2`` over every relabelling of
+  the runs (``scipy.stats.permutation_test``). A bootstrap interval over three seeds can exclude 1/2 by chance
+  (three runs of one rule above three of the other happen with probability 1/10 when the rules are the same), so
+  :func:`score_comparison` names a ranking only when this test rejects at 5%: with three seeds a side it never can
+  (its smallest p-value is 2 / C(6, 3) = 0.1), and the text says so.
 
 The bootstrap resamples the seeds of each rule with replacement (rliable's stratified bootstrap over one task),
 with a fixed ``numpy.random.RandomState`` so that a rebuilt book prints the same interval. :data:`METHOD` names
@@ -21,7 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["METHOD", "REPS", "final_scores", "mean_intervals", "improvement_probability"]
+__all__ = ["METHOD", "REPS", "final_scores", "mean_intervals", "improvement_probability", "permutation_pvalue",
+           "score_comparison",
+           "common_end"]
 
 #: Bootstrap resamples: 10,000 (rliable's default is 50,000; its probability of improvement loops in Python over
 #: every pair of runs of every resample, about 1.5 s per 1,000 on one core); 1,000 in smoke mode.
@@ -67,8 +74,8 @@ METHOD = (f"95% percentile-bootstrap intervals over seeds (rliable {_version()},
 def final_scores(experiment: str | Path, rules, *, frames: float | None = None, y: str = "score_mean100"
                  ) -> dict[str, dict[int, float]]:
     """``{rule: {seed: y at frames}}`` from the runs of ``experiment`` (:func:`softq.plots.read_runs`). ``frames``:
-    a point every run has logged; default the last point common to every run of every rule. A run without a row
-    at ``frames`` raises ValueError naming it."""
+    a point every run has logged; default the last point common to every run of every rule
+    (:func:`common_end`). A run without a row at ``frames`` raises ValueError naming it."""
     from softq.plots import read_runs
 
     runs = {rule: read_runs(experiment, rule, y=y) for rule in rules}
@@ -76,7 +83,7 @@ def final_scores(experiment: str | Path, rules, *, frames: float | None = None, 
     if empty:
         raise ValueError(f"final_scores: no runs of {empty} in {experiment}")
     if frames is None:
-        frames = min(float(xs[-1]) for v in runs.values() for xs, _ in v.values())
+        frames = common_end(experiment, rules)
     out = {}
     for rule, v in runs.items():
         out[rule] = {}
@@ -87,6 +94,16 @@ def final_scores(experiment: str | Path, rules, *, frames: float | None = None, 
                                  f"(its last is at {xs[-1]:g})")
             out[rule][seed] = float(ys[hit[0]])
     return out
+
+
+def common_end(experiment: str | Path, rules) -> float:
+    """The last frame count that every run of every rule in ``experiment`` has logged."""
+    from softq.plots import read_runs
+
+    ends = [float(xs[-1]) for r in rules for xs, _ in read_runs(experiment, r).values()]
+    if not ends:
+        raise ValueError(f"common_end: no runs of {list(rules)} in {experiment}")
+    return min(ends)
 
 
 def _column(scores) -> np.ndarray:
@@ -115,3 +132,55 @@ def improvement_probability(x: dict[int, float] | list[float], y: dict[int, floa
 
     point, interval = _estimates({"p": (_column(x), _column(y))}, metrics.probability_of_improvement, reps, seed)
     return float(point["p"]), float(interval["p"][0, 0]), float(interval["p"][1, 0])
+
+
+def _poi(x, y, axis=-1):
+    """P(X > Y) + P(X = Y) / 2 over all pairs of the last axes of ``x [..., n]`` and ``y [..., m]``."""
+    return ((x[..., :, None] > y[..., None, :]) + 0.5 * (x[..., :, None] == y[..., None, :])).mean(axis=(-1, -2))
+
+
+def permutation_pvalue(x: dict[int, float] | list[float], y: dict[int, float] | list[float]) -> tuple[float, float]:
+    """``(p, smallest)``: the exact two-sided permutation p-value of ``P(X > Y) = 1/2`` (every split of the pooled
+    runs into groups of the two sizes is equally likely under the null), and the smallest p-value these group sizes
+    can give, ``2 / C(n + m, n)`` (1 for one run a side)."""
+    from math import comb
+
+    from scipy.stats import permutation_test
+
+    a, b = _column(x).ravel(), _column(y).ravel()
+    smallest = min(1.0, 2 / comb(len(a) + len(b), len(a)))
+    if len(a) < 2 and len(b) < 2:
+        return 1.0, smallest
+    result = permutation_test((a, b), _poi, permutation_type="independent", vectorized=True,
+                              alternative="two-sided", n_resamples=np.inf)
+    return float(min(1.0, result.pvalue)), smallest
+
+
+def score_comparison(experiment: str | Path, rules, comparisons, *, frames: float | None = None,
+                  reps: int | None = None) -> dict:
+    """The final scores of ``experiment`` (:func:`final_scores`), each rule's mean with its interval
+    (:func:`mean_intervals`) and, for each ``(x, y)`` of ``comparisons``, ``P(x > y)`` with its interval
+    (:func:`improvement_probability`), as ``{"frames", "scores", "means", "improvement": {(x, y): (p, lo, hi)},
+    "text": [lines]}``. A comparison whose interval contains 1/2 is reported as one the seeds cannot rank."""
+    at = common_end(experiment, rules) if frames is None else frames
+    scores = final_scores(experiment, rules, frames=at)
+    means = mean_intervals(scores, reps=reps)
+    text = [f"final scores at {at / 1e6:g}M frames ({METHOD}):"]
+    for rule in rules:
+        m, lo, hi = means[rule]
+        seeds = ", ".join(f"{v:+.1f}" for _, v in sorted(scores[rule].items()))
+        text.append(f"  {rule:>7}: mean {m:+.1f}, 95% CI [{lo:+.1f}, {hi:+.1f}]; seeds {sorted(scores[rule])}: {seeds}")
+    improvement = {}
+    for x, y in comparisons:
+        p, lo, hi = improvement[x, y] = improvement_probability(scores[x], scores[y], reps=reps)
+        pvalue, smallest = permutation_pvalue(scores[x], scores[y])
+        n, m = len(scores[x]), len(scores[y])
+        if pvalue < 0.05:
+            verdict = f"{x if p > 0.5 else y} scores higher (exact permutation test, p = {pvalue:.3f})"
+        elif smallest >= 0.05:
+            verdict = (f"these seeds support no ranking: with {n} and {m} seeds no outcome can (exact permutation "
+                       f"test: p = {pvalue:.2f}, and at best {smallest:.2f})")
+        else:
+            verdict = f"these seeds support no ranking (exact permutation test, p = {pvalue:.2f})"
+        text.append(f"  P({x} > {y}) = {p:.2f}, 95% CI [{lo:.2f}, {hi:.2f}] over {n} x {m} pairs of runs; {verdict}")
+    return {"frames": at, "scores": scores, "means": means, "improvement": improvement, "text": text}
