@@ -123,6 +123,17 @@ grid-pong-dqn: $(STAMP)
 	$(PY) -m softq.rl train $(DQN_PONG) --targets hard,soft_ent,soft_kl --n-steps 1 $(ARGS)
 	$(PY) -m softq.rl train $(DQN_PONG) --targets hard,soft_ent --n-steps 5 $(ARGS)
 
+# Why the entropy-bonus target trails on Pong (chapter 7): seed 0, 4M frames, PONG_CPU, two runs side by side.
+#   The loss study: hard, soft_ent and soft_kl (tau 0.1) with the 2017 DQN's loss (Huber, gradient norm clipped at
+#   10, Adam eps 1e-4; results/dqn-loss2017-PongNoFrameskip-v4). The temperature study: soft_ent and soft_kl at
+#   tau 0.01 with the panel's loss (results/dqn-tau0.01-PongNoFrameskip-v4).
+DQN_STUDY := --algo dqn --env PongNoFrameskip-v4 --preset pong-cpu --seeds 0 --n-steps 1 --fill --parallel 2 --no-progress
+.PHONY: pong-dqn-studies
+pong-dqn-studies: $(STAMP)
+	$(PY) -m softq.rl train $(DQN_STUDY) --targets hard,soft_ent,soft_kl --tau 0.1 --loss huber --max-grad-norm 10 \
+	  --adam-eps 1e-4 --experiment 'dqn-loss2017-{env}' $(ARGS)
+	$(PY) -m softq.rl train $(DQN_STUDY) --targets soft_ent,soft_kl --taus 0.01 --experiment 'dqn-tau0.01-{env}' $(ARGS)
+
 # `make lease`: the one prepared command for a lent GPU machine (tools/lease.sh; its header says how to call it with
 #   the device tool): install the carried wheels if needed, bench (<= 90 s), then A2C naive/proper/soft_q on Pong side
 #   by side for the rest of LEASE_SECONDS (default 540), packed into $OUT (default lease-out/) as <= 8 files < 16 MiB.
