@@ -213,3 +213,104 @@ def test_train_many_equals_training_in_process_and_names_failures(tmp_path):
     assert json.loads((tmp_path / "fresh" / "status.json").read_text())["status"] == "done"
     with pytest.raises(ValueError, match="runs"):
         train_many([])
+
+
+# --- resume that never loses a run ------------------------------------------------------------------------------
+
+
+def _small(**kw):
+    return Config(env="CartPole-v1", rule="naive", frames=4000, num_envs=4, log_every=10, torch_threads=1,
+                  env_threads=1, checkpoint_minutes=0, **kw)
+
+
+def test_resume_without_a_checkpoint_refuses_and_keeps_the_log(tmp_path):
+    """A finished run whose checkpoint is gone (committed logs, a new machine): --resume refused, log untouched."""
+    train(_small(), tmp_path, progress=False)
+    (tmp_path / "checkpoint.pt").unlink()
+    before = (tmp_path / "progress.csv").read_bytes()
+    with pytest.raises(FileExistsError, match="no checkpoint.pt"):
+        train(_small(), tmp_path, resume=True, progress=False)
+    assert (tmp_path / "progress.csv").read_bytes() == before
+    fresh = tmp_path / "fresh"  # an empty folder: --resume starts the run
+    assert train(_small(), fresh, resume=True, progress=False)["status"] == "done"
+
+
+def test_a_log_cut_below_the_checkpoint_is_refused_and_a_longer_one_cut_back(tmp_path, capsys):
+    """progress.csv shorter than the checkpoint's row: refused, the file unchanged (no NUL padding); rows written
+    after the checkpoint are dropped, and the resume says how many."""
+    assert train(_small(time_limit_minutes=1e-6), tmp_path, progress=False)["status"] == "paused"
+    log = tmp_path / "progress.csv"
+    whole = log.read_bytes()
+    log.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(ValueError, match="fewer than the"):
+        train(_small(), tmp_path, resume=True, progress=False)
+    assert log.read_bytes() == whole[: len(whole) // 2] and b"\0" not in log.read_bytes()
+    log.write_bytes(whole + b"4000,123456789,0,,0,0,0,0,,0,0,0,0,0,0\n")  # a row from after the checkpoint
+    assert train(_small(), tmp_path, resume=True, progress=False)["status"] == "done"
+    assert "1 row(s) written after the checkpoint dropped" in capsys.readouterr().err
+    assert b"123456789" not in log.read_bytes() and len(_rows(log)) == 20
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "empty"])
+def test_a_corrupt_checkpoint_is_named_by_resume_fill_and_inspect(tmp_path, damage, capsys):
+    from softq.rl.grid import plan_run
+    from softq.rl.optim import checkpoint_gradient_report
+
+    train(_small(time_limit_minutes=1e-6), tmp_path, progress=False)
+    ckpt = tmp_path / "checkpoint.pt"
+    data = ckpt.read_bytes()
+    ckpt.write_bytes({"truncated": data[: len(data) // 3], "garbage": b"not a checkpoint", "empty": b""}[damage])
+    with pytest.raises(ValueError, match=f"{ckpt}: not a readable checkpoint"):
+        train(_small(), tmp_path, resume=True, progress=False)
+    planned = plan_run(_small(), tmp_path)
+    assert planned.action == "failed" and str(ckpt) in planned.why
+    with pytest.raises(ValueError, match="not a readable checkpoint"):
+        checkpoint_gradient_report(ckpt)
+
+
+def test_runs_stay_inside_results_and_never_overwrite_another_run(tmp_path, capsys):
+    base = ["train", *CARTPOLE, "--frames", "400", "--no-progress", "--results", str(tmp_path / "r")]
+    for bad in (str(tmp_path / "abs"), "../x", "a/../../x", " "):
+        with pytest.raises(SystemExit):
+            main([*base, "--experiment", bad])
+        assert "--experiment" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([*base, "--out", ""])
+    assert "--out is empty" in capsys.readouterr().err
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "config.json").write_text('{"config": {"rule": "soft_q"}}\n')  # a run that has not logged a row yet
+    with pytest.raises(SystemExit):
+        main([*base, "--out", str(other)])
+    assert "already holds a run" in capsys.readouterr().err
+    assert (other / "config.json").read_text() == '{"config": {"rule": "soft_q"}}\n'
+    assert not (tmp_path / "x").exists() and not (tmp_path / "abs").exists()
+
+
+def test_taken_or_repeated_seeds_are_refused_before_any_run_starts(tmp_path, capsys):
+    base = ["train", *CARTPOLE, "--frames", "400", "--no-progress", "--results", str(tmp_path)]
+    assert main([*base, "--seeds", "0"]) == 0
+    with pytest.raises(SystemExit):
+        main([*base, "--seeds", "0,1"])
+    assert "already hold runs" in capsys.readouterr().err and "seed0" in capsys.readouterr().err + "seed0"
+    assert not (tmp_path / "a2c-CartPole-v1" / "proper" / "seed1").exists()
+    with pytest.raises(SystemExit):
+        main([*base, "--seeds", "2,2"])
+    assert "share a folder" in capsys.readouterr().err
+
+
+def test_a_full_disk_fails_the_run_and_leaves_no_tmp_file(tmp_path, monkeypatch):
+    import softq.rl.runs as runs
+
+    real = runs.torch.save
+
+    def full(obj, f, *a, **k):
+        real(obj, f, *a, **k)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(runs.torch, "save", full)
+    with pytest.raises(OSError, match="No space left"):
+        train(_small(checkpoint_every=50), tmp_path, progress=False)
+    status = json.loads((tmp_path / "status.json").read_text())
+    assert status["status"] == "failed" and "No space left" in status["error"]
+    assert not list(tmp_path.glob("*.tmp")) and not (tmp_path / "checkpoint.pt").exists()

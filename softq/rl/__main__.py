@@ -112,7 +112,7 @@ def _parser(algo: str = "a2c", preset: str | None = None) -> argparse.ArgumentPa
     t.add_argument("--seeds", type=_list(int), help="several seeds, comma-separated")
     t.add_argument("--envs", type=_list(str),
                    help="several environments, comma-separated (e.g. the paper's six games), each its own experiment")
-    t.add_argument("--out", type=Path, help="the run's folder (one run only); default results/<experiment>/...")
+    t.add_argument("--out", help="the run's folder (one run only); default results/<experiment>/...")
     t.add_argument("--results", type=Path, default=Path("results"), help="root of the results layout")
     t.add_argument("--experiment", help="experiment name, the folder under --results; {env} in it stands for the "
                                         "game's id, {algo} for --algo (default {algo}-{env})")
@@ -268,9 +268,20 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--parallel must be >= 1, got {args.parallel}")
     if args.out is not None and len(cfgs) > 1:
         parser.error("--out names one run's folder; with several rules/seeds use --results and --experiment")
+    if args.out is not None:
+        if not args.out.strip():
+            parser.error("--out is empty: name the run's folder")
+        args.out = Path(args.out)
+    if args.experiment is not None:
+        name = Path(args.experiment)
+        if not args.experiment.strip() or name.is_absolute() or ".." in name.parts:
+            parser.error(f"--experiment {args.experiment!r}: a name inside --results (no absolute path, no '..')")
     outs = [args.out] if args.out is not None else [
         run_dir(args.results, (args.experiment or "{algo}-{env}").format(algo=args.algo, env=c.env), c.rule, c.seed)
         for c in cfgs]
+    if len(set(outs)) < len(outs):
+        parser.error("two runs would share a folder (a seed or variant given twice?): "
+                     + ", ".join(sorted({str(o) for o in outs if outs.count(o) > 1})))
     if args.fill:
         from softq.rl.grid import describe, fill, plan
 
@@ -315,6 +326,11 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(str(e))
         print(f"[{shown(outs[0])}] {outcome(result)}")
         return 0
+    if not args.resume:
+        taken = [str(o) for o in outs if any((Path(o) / f).exists() for f in ("progress.csv", "config.json"))]
+        if taken:
+            parser.error(f"these folders already hold runs: {', '.join(taken)}; --fill runs only what is missing "
+                         "(and resumes what has a checkpoint), --resume continues them")
     failed = launch(list(zip(cfgs, outs, strict=True)), resume=args.resume, parallel=args.parallel,
                     progress=not args.no_progress)
     return 1 if failed else 0

@@ -10,7 +10,8 @@ anything, what :func:`fill` will do with it:
 ``start``   no run in the folder yet
 ``restart`` a partial run without a checkpoint (its logs were committed, its checkpoint did not outlive the machine
             that trained it): its logs are replaced by a fresh run, since a run is trained start to end on one machine
-``failed``  ``status.json`` says ``failed`` (a non-finite loss): reported with its error, not run again
+``failed``  ``status.json`` says ``failed`` (a non-finite loss, a full disk), or its checkpoint cannot be read:
+            reported with the reason, not run
 ``busy``    another process holds the folder's lock (:func:`softq.rl.runs.train` locks it): left alone
 ========== =========================================================================================================
 
@@ -28,9 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from softq.rl.runs import config_diff, launch
+from softq.rl.runs import config_diff, launch, load_checkpoint
 
 __all__ = ["ACTIONS", "Planned", "plan_run", "plan", "describe", "fill", "is_locked"]
 
@@ -93,7 +92,10 @@ def plan_run(cfg, out: str | Path) -> Planned:
         error = status_json.get("error", "no error recorded")
         return Planned(cfg, out, "failed", f"failed earlier: {error}")
     if ckpt.exists():
-        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+        try:
+            state = load_checkpoint(ckpt)
+        except ValueError as e:
+            return Planned(cfg, out, "failed", str(e))
         diff = config_diff(state["config"], cfg)
         if diff:
             raise ValueError(f"{ckpt} is a checkpoint of another config: {diff} (saved, given)")

@@ -237,7 +237,9 @@ def gradient_report(names: list[str], square_avgs: list[Tensor], eps: float) -> 
 def checkpoint_gradient_report(path, eps: float | None = None) -> dict[str, Any]:
     """:func:`gradient_report` of a :mod:`softq.rl.runs` A2C checkpoint (its network's parameter names, its
     optimizer's ``square_avg``); ``eps`` defaults to the run's ``rms_eps``. Adds the run's update count."""
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    from softq.rl.runs import load_checkpoint
+
+    state = load_checkpoint(path)
     agent, cfg = state["agent"], state["config"]
     if cfg.get("algo", "a2c") != "a2c":
         raise ValueError(f"{path}: an {cfg.get('algo')} checkpoint; the gradient report reads A2C's RMSProp state")

@@ -56,8 +56,9 @@ from softq import config as softq_config
 from softq.rl.a2c import A2C, Config, NonFiniteLoss, auto_torch_threads
 from softq.rl.envs import protocol
 
-__all__ = ["COLUMNS", "RUN_CONTROL", "RunBusy", "config_diff", "run_dir", "shown", "outcome", "versions", "machine",
-           "config_class", "make_agent", "train", "launch", "train_many", "core_slots", "split_threads"]
+__all__ = ["COLUMNS", "RUN_CONTROL", "RunBusy", "load_checkpoint", "config_diff", "run_dir", "shown", "outcome",
+           "versions", "machine", "config_class", "make_agent", "train", "launch", "train_many", "core_slots",
+           "split_threads"]
 
 COLUMNS = ("frames", "updates", "episodes", "score_mean100", "score_count", "loss", "policy_loss", "value_loss",
            "q_loss", "entropy", "kl", "grad_norm", "lr", "sps", "wall_s")
@@ -158,12 +159,18 @@ def outcome(result: dict[str, Any]) -> str:
 
 
 def _atomic_write_bytes(path: Path, write) -> None:
+    """Write ``path`` through ``path.tmp`` and ``os.replace``: the old file stays whole until the new one is; a
+    failed write (a full disk) removes the ``.tmp`` and raises."""
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _write_json(path: Path, obj: Any) -> None:
@@ -207,6 +214,37 @@ class _Stop:
             signal.signal(sig, old)
 
 
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A run's ``checkpoint.pt`` (:func:`train` writes it). A file that cannot be read (cut short, overwritten,
+    not a checkpoint) raises ValueError naming it, never a raw unpickling traceback."""
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # EOFError, pickle.UnpicklingError, RuntimeError (a broken zip), OSError
+        raise ValueError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e}). Move it away to restart "
+                         "the run from its beginning, or restore a good copy to resume it") from None
+    if not isinstance(state, dict) or not {"config", "agent", "log_bytes"} <= set(state):
+        raise ValueError(f"{path}: not a checkpoint of softq.rl.runs (no config, agent or log_bytes in it)")
+    return state
+
+
+def _cut_log(path: Path, size: int, what: str) -> str | None:
+    """Cut ``path`` back to the ``size`` bytes it had at the checkpoint; say how many rows went. A log shorter than
+    that (cut by hand or by a full disk) raises ValueError: extending it would pad it with NUL bytes."""
+    have = path.stat().st_size if path.exists() else 0
+    if have < size:
+        raise ValueError(f"--resume: {path} has {have} bytes, fewer than the {size} it had at the checkpoint: the "
+                         f"{what} lost rows after the checkpoint was taken; restore it, or start the run afresh in "
+                         "another folder")
+    if have == size:
+        return None
+    with open(path, "r+b") as f:
+        f.seek(size)
+        dropped = f.read().count(b"\n")
+        f.truncate(size)
+    return f"{path.name}: {dropped} row(s) written after the checkpoint dropped"
+
+
 class RunBusy(RuntimeError):
     """Another process is training the same run folder (it holds ``out/lock``)."""
 
@@ -230,8 +268,11 @@ def train(cfg, out: str | Path, *, resume: bool = False, progress: bool = True) 
     """Train one run into ``out`` (layout in the module docstring); returns the final status dict.
 
     ``resume=True`` continues from ``out/checkpoint.pt`` (the config saved there must equal ``cfg`` except for the
-    fields in :data:`RUN_CONTROL`); with no checkpoint there it starts afresh. Without it, ``out`` must not hold a
-    run yet. The folder is locked while the run trains (:class:`RunBusy` if another process holds it).
+    fields in :data:`RUN_CONTROL`); in an empty folder it starts afresh, and a folder with a log but no checkpoint
+    is refused (FileExistsError: resuming would overwrite the log). The logs are cut back to the checkpoint's rows
+    (a log shorter than that is refused, ValueError); a checkpoint that cannot be read raises ValueError naming it.
+    Without ``resume``, ``out`` must not hold a run yet. The folder is locked while the run trains
+    (:class:`RunBusy` if another process holds it).
     Raises :class:`NonFiniteLoss`.
     """
     out = Path(out)
@@ -243,11 +284,15 @@ def _train(cfg, out: Path, *, resume: bool, progress: bool) -> dict[str, Any]:
     ckpt_path, log_path, cfg_path = out / "checkpoint.pt", out / "progress.csv", out / "config.json"
     state = None
     if resume and ckpt_path.exists():
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        state = load_checkpoint(ckpt_path)
         diff = config_diff(state["config"], cfg)
         if diff:
             raise ValueError(f"--resume: config differs from the checkpoint's in {diff} (saved, given)")
-    elif not resume and (ckpt_path.exists() or log_path.exists()):
+    elif resume and (log_path.exists() or cfg_path.exists()):
+        raise FileExistsError(f"--resume: {out} holds a run's log but no checkpoint.pt to continue it from; resuming "
+                              "would retrain from update 0 over its log. Keep the log and train the run in another "
+                              "folder, or move the folder away to start afresh here")
+    elif not resume and (ckpt_path.exists() or log_path.exists() or cfg_path.exists()):
         raise FileExistsError(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
     out.mkdir(parents=True, exist_ok=True)
 
@@ -256,12 +301,12 @@ def _train(cfg, out: Path, *, resume: bool, progress: bool) -> dict[str, Any]:
     envs_restored = None  # a fresh start restores nothing
     starts = []
     if state is not None:
+        cuts = [_cut_log(log_path, state["log_bytes"], "progress log")]
+        if (out / "agreement.csv").exists() or state.get("agreement_bytes", 0):
+            cuts.append(_cut_log(out / "agreement.csv", state.get("agreement_bytes", 0), "agreement log"))
+        for cut in filter(None, cuts):
+            print(f"[{shown(out)}] resumed from the checkpoint: {cut}", file=sys.stderr)
         envs_restored = agent.load_state_dict(state["agent"])
-        with open(log_path, "r+b") as f:
-            f.truncate(state["log_bytes"])
-        if (out / "agreement.csv").exists():
-            with open(out / "agreement.csv", "r+b") as f:
-                f.truncate(state.get("agreement_bytes", 0))
         if cfg_path.exists():
             starts = json.loads(cfg_path.read_text()).get("starts", [])
     starts.append({"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "update": agent.updates,
@@ -364,6 +409,12 @@ def _train(cfg, out: Path, *, resume: bool, progress: bool) -> dict[str, Any]:
                 if (timed_out or stop.requested) and not last:
                     status = "paused"
                     break
+    except (NonFiniteLoss, KeyboardInterrupt):
+        raise
+    except Exception as e:  # e.g. a full disk: the status must not stay "running"
+        with contextlib.suppress(Exception):
+            _status(out, "failed", error=f"{type(e).__name__}: {e}", update=agent.updates)
+        raise
     finally:
         bar.close()
         agent.env.close()
@@ -397,7 +448,7 @@ def launch(cfgs: list[tuple[Any, Path]], *, resume: bool | list[bool], parallel:
         for (cfg, out), res in zip(cfgs, resumes, strict=True):
             try:
                 train(cfg, out, resume=res, progress=progress)
-            except (NonFiniteLoss, RunBusy) as e:
+            except (NonFiniteLoss, RunBusy, FileExistsError, ValueError) as e:
                 print(f"[{shown(out)}] FAILED: {e}", file=sys.stderr)
                 failed += 1
         return failed
