@@ -41,6 +41,7 @@ __all__ = [
     "random_mdp",
     "random_deterministic_mdp",
     "random_policy",
+    "survival_horizon",
     "policy_kl",
     "expected_soft_reward",
     "state_transition",
@@ -481,6 +482,27 @@ def trajectory_expectations(mdp: MDP, pi: torch.Tensor, f: torch.Tensor, horizon
         out.append(e)
     stacked = torch.stack(out)
     return stacked if given == "state_action" else (pi * stacked).sum(-1)
+
+
+def survival_horizon(mdp: MDP, pi: torch.Tensor, mu0: torch.Tensor, tail: float, *, max_steps: int = 1_000_000
+                     ) -> int:
+    """The smallest ``H`` with ``P(the episode is still running after H steps) <= tail`` from ``s_0 ~ mu0`` under
+    ``pi``: the exact survival probability ``mu0^T P_pi,live^H 1`` (:func:`trajectory_expectations` of the live
+    indicator), propagated one step at a time. A sampled rollout of ``H`` steps then truncates an episode with
+    probability at most ``tail``. ``mu0: [S]``. Raises ValueError, with the survival reached, if the episodes do not
+    end fast enough for ``tail`` within ``max_steps`` (a continuing MDP never does)."""
+    pi = _policy(mdp, pi)
+    if not (isinstance(tail, int | float) and 0 < tail < 1):
+        raise ValueError(f"tail must lie in (0, 1), got {tail!r}")
+    alive = _values(mdp, mu0, "mu0", action_axis=False) * mdp.live
+    step = state_transition(mdp, pi)  # live dynamics: the mass that ends an episode leaves
+    for h in range(validate_count(max_steps, "max_steps", 1) + 1):
+        survival = float(alive.sum())
+        if survival <= tail:
+            return h
+        alive = alive @ step
+    raise ValueError(f"survival_horizon: P(still running) is {survival:.3g} after {max_steps} steps, above "
+                     f"tail = {tail:g}: the episodes end too slowly (or never)")
 
 
 def expected_discounted_sum(mdp: MDP, pi: torch.Tensor, f: torch.Tensor, n: int, discount: float | None = None,

@@ -9,6 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import softq.tabular as tb
 from softq.regularized import boltzmann_policy, n_step_soft_return, policy_value, soft_value
 from softq.tabular import (
     MDP,
@@ -307,3 +308,21 @@ def test_evaluation_rejects_bad_arguments():
     episodic = random_mdp(3, 2, 1.0, 0, n_terminal=1, p_end=0.5)
     with pytest.raises(ValueError, match="start"):
         sample_rollout(episodic, pi, torch.tensor([0, 2]), 5, seed=0)
+
+
+@pytest.mark.parametrize("p_end, seed", [((0.05, 0.5), 40), ((0.005, 0.02), 7), ((0.3, 0.9), 1)])
+def test_survival_horizon_is_the_first_step_where_the_episode_has_ended_but_for_the_tail(p_end, seed):
+    """The horizon follows the MDP's termination: P(still running) at H is <= tail and at H - 1 above it, both
+    recomputed with trajectory_expectations; a continuing MDP is refused with the survival it reached."""
+    mdp = tb.random_mdp(7, 3, 1.0, seed=seed, n_terminal=1, p_end=p_end)
+    pi = tb.random_policy(7, 3, seed=seed + 1)
+    mu0 = mdp.live / mdp.live.sum()
+    H = tb.survival_horizon(mdp, pi, mu0, 1e-14)
+    alive = tb.trajectory_expectations(mdp, pi, mdp.live, H, given="state") @ mu0
+    assert alive[H] <= 1e-14 < alive[H - 1]
+    assert H > 1000 if p_end[1] <= 0.02 else H < 1000
+    with pytest.raises(ValueError, match="end too slowly"):
+        tb.survival_horizon(tb.random_mdp(4, 2, 0.9, seed=0), tb.random_policy(4, 2, seed=0), torch.ones(4) / 4,
+                            1e-3, max_steps=500)
+    with pytest.raises(ValueError, match="tail"):
+        tb.survival_horizon(mdp, pi, mu0, 0.0)
