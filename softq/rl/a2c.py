@@ -380,7 +380,7 @@ class A2C:
     the rollout's ``T x B`` observations as one batch, and back-propagates through that call, as baselines' A2C
     does. Keeping the rollout's own ``T`` graphs instead (the weights do not change during a rollout) computes
     the same gradient, but as ``T`` backward passes of ``B`` rows: measured slower in bf16 and no faster in
-    float32 (2026-12-03, Intel Xeon with AMX, 2 cores; README, "Speed"). The Nature CNN runs in
+    float32 (2026-12-03, Intel Xeon with AMX, 2 cores; results/bench/README.md). The Nature CNN runs in
     ``channels_last`` memory format, and with ``precision="bf16"`` under bf16 autocast, one autocast region per
     rollout and one per update, so that each weight is cast to bf16 once per region (the losses, the returns and
     the optimizer stay float32).
