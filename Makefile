@@ -1,9 +1,9 @@
 # softq: the executable textbook of Schulman, Chen & Abbeel (2017).
-#   make book   execute every chapter (full mode): build/notebooks, build/html, build/checks.json, figures/,
+#   make book   execute every chapter (full mode): build/notebooks, build/html, build/checks.json, build/figures,
 #               then the book's site from that run: build/site/index.html (softq.site; offline)
 #   make test   ruff + unit tests + every chapter through nbval in smoke mode (what CI runs)
 #   make lab    JupyterLab with the .md chapters opening as notebooks
-#   make figures  regenerate figures/ (the chapters draw them, so this runs the book)
+#   make figures  execute every chapter and write their figures into the committed figures/
 #   make bench / make train ARGS="..."   softq.rl throughput on this machine; training runs (see the end)
 # Each target creates .venv on first use and reuses it afterwards (delete .venv to start over).
 
@@ -37,7 +37,9 @@ book: $(STAMP)
 site: $(STAMP)
 	$(PY) -m softq.site $(ARGS)
 
-figures: book
+# The committed figures/ (make book writes its figures to build/figures/, so that a build leaves the tree clean).
+figures: $(STAMP)
+	$(PY) -m softq.book --figures figures
 
 lint: $(STAMP)
 	$(PY) -m ruff check softq tests

@@ -6,11 +6,13 @@ Usage (``make book`` runs the first form)::
     python -m softq.book 01 02           # chapters whose name starts with 01 or 02
     python -m softq.book --smoke         # SOFTQ_SMOKE=1 in the kernels (fast, every check still made)
     python -m softq.book 03 --set TAU=0.3 --set S=9 --out build/variant   # a reader's change of the parameters
+    python -m softq.book --figures figures   # `make figures`: also update the committed figures/
 
 For each chapter ``notebooks/NN_topic.md`` (MyST Markdown, paired by jupytext) it writes
 ``build/notebooks/NN_topic.ipynb`` (executed), ``build/html/NN_topic.html`` (its equations rendered offline by a
 local MathJax in ``build/html/mathjax/``) and ``build/checks/NN_topic.jsonl``
-(one JSON line per ``softq.check`` call, written by the kernel itself), then gathers every record into
+(one JSON line per ``softq.check`` call, written by the kernel itself) and its figures to ``build/figures/`` (the
+committed ``figures/`` change only with ``--figures figures``), then gathers every record into
 ``build/checks.json`` and prints a table: chapter, seconds, checks passed, errata found.
 It exits non-zero if a chapter raises (a failed check raises), or if a chapter makes no check at all.
 """
@@ -118,9 +120,10 @@ def set_parameters(nb, overrides: dict[str, str]):
 
 
 def run_chapter(md: Path, out: Path, smoke: bool, timeout: int,
-                overrides: dict[str, str] | None = None) -> ChapterResult:
+                overrides: dict[str, str] | None = None, figures: Path | None = None) -> ChapterResult:
     """Execute one chapter in a fresh kernel (cwd = notebooks/), write its notebook, HTML and check records.
-    ``overrides`` (``{name: Python expression}``) changes the chapter's parameters first (:func:`set_parameters`)."""
+    ``overrides`` (``{name: Python expression}``) changes the chapter's parameters first (:func:`set_parameters`).
+    Figures go to ``figures`` (``make figures``: the committed ``figures/``), by default ``out/figures``."""
     import jupytext
     import nbformat
     from jupyter_client.manager import KernelManager
@@ -128,6 +131,8 @@ def run_chapter(md: Path, out: Path, smoke: bool, timeout: int,
     from nbclient.exceptions import CellExecutionError
     from nbconvert import HTMLExporter
 
+    if overrides and figures is not None:
+        raise ValueError("a variant of a chapter (--set) writes its figures beside its records, not to --figures")
     name = md.stem
     for sub in ("notebooks", "html", "checks"):
         (out / sub).mkdir(parents=True, exist_ok=True)
@@ -140,10 +145,9 @@ def run_chapter(md: Path, out: Path, smoke: bool, timeout: int,
     os.environ["SOFTQ_CHAPTER"] = name
     os.environ["SOFTQ_CHECKS_FILE"] = str(records_file)
     os.environ["SOFTQ_SMOKE"] = "1" if smoke else "0"
-    if overrides:  # a variant of the chapter: its figures go beside its records, not over the book's
-        os.environ["SOFTQ_FIGURES"] = str(out / "figures")
-    else:
-        os.environ.pop("SOFTQ_FIGURES", None)
+    # The figures go under `out` (build/figures), so that a build leaves the committed figures/ alone: rounding
+    # differs between CPUs and the live runs are re-trained. `make figures` passes figures=figures/ to update them.
+    os.environ["SOFTQ_FIGURES"] = str(figures if figures is not None else out / "figures")
     os.environ.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
     # IPC transport: the kernel talks to us over local sockets in build/, not over TCP ports.
     sockets = tempfile.mkdtemp(prefix="softq-kernel-")
@@ -213,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--smoke", action="store_true", help="run the chapters in smoke mode (SOFTQ_SMOKE=1)")
     ap.add_argument("--out", type=Path, default=BUILD, help="output folder (default: build/)")
     ap.add_argument("--timeout", type=int, default=1800, help="seconds allowed per cell (default: 1800)")
+    ap.add_argument("--figures", type=Path, help="where the chapters write their figures (default: <out>/figures; "
+                                                 "`make figures`: figures/, the book's committed figures)")
     ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                     help="change a chapter parameter, as a reader editing its first cells would (repeatable)")
     args = ap.parse_args(argv)
@@ -224,7 +230,10 @@ def main(argv: list[str] | None = None) -> int:
         overrides[name.strip()] = value.strip()
     if args.timeout <= 0:
         ap.error(f"--timeout must be > 0, got {args.timeout}")
+    if overrides and args.figures is not None:
+        ap.error("--figures goes with a build of the book, not with --set (a variant's figures stay in --out)")
     args.out = args.out.resolve()  # the kernels run in notebooks/: a relative path would point there
+    figures = args.figures.resolve() if args.figures is not None else None
     try:
         todo = chapters(args.select)
     except ValueError as err:
@@ -237,13 +246,14 @@ def main(argv: list[str] | None = None) -> int:
     for md in todo:
         print(f"running {md.name} ({'smoke' if args.smoke else 'full'} mode) ...", flush=True)
         try:
-            results.append(run_chapter(md, args.out, args.smoke, args.timeout, overrides))
+            results.append(run_chapter(md, args.out, args.smoke, args.timeout, overrides, figures))
         except ValueError as err:
             ap.error(f"{md.stem}: {err}")
     path = write_checks_json(args.out, results, args.smoke)
     print()
     print(table(results))
-    print(f"\nexecuted notebooks: {args.out / 'notebooks'}   HTML: {args.out / 'html'}   checks: {path}")
+    print(f"\nexecuted notebooks: {args.out / 'notebooks'}   HTML: {args.out / 'html'}   checks: {path}   "
+          f"figures: {figures or args.out / 'figures'}")
     return 0 if all(r.ok for r in results) else 1
 
 

@@ -89,3 +89,23 @@ def test_set_is_checked_on_the_command_line(capsys):
     with pytest.raises(SystemExit):
         book.main(["00", "--set", "TAU"])
     assert "--set wants NAME=VALUE" in capsys.readouterr().err
+
+
+def test_a_build_writes_its_figures_under_out_and_figures_only_where_asked(tmp_path, out):
+    """make book leaves the committed figures/ alone: a chapter's savefig lands in <out>/figures; with figures=
+    (make figures) it lands there; a variant (--set) cannot write to figures=."""
+    code = """\
+        import matplotlib.pyplot as plt
+        from softq.check import check
+        from softq.plots import savefig
+        fig, ax = plt.subplots()
+        png, _ = savefig(fig, "ch90_demo")
+        check("a figure was written", float(png.exists()), 1.0)
+        """
+    md = _chapter(tmp_path, "93_fig", code)
+    assert book.run_chapter(md, out, smoke=False, timeout=120).ok
+    assert (out / "figures" / "ch90_demo.png").exists()
+    assert book.run_chapter(md, out, smoke=False, timeout=120, figures=tmp_path / "committed").ok
+    assert (tmp_path / "committed" / "ch90_demo.svg").exists()
+    with pytest.raises(ValueError, match="variant"):
+        book.run_chapter(md, out, smoke=False, timeout=120, overrides={"x": "1"}, figures=tmp_path / "committed")
