@@ -51,9 +51,12 @@ class ChapterResult:
 
 
 def chapters(selection: list[str] | None = None) -> list[Path]:
-    """The chapter files ``notebooks/NN_*.md`` in order, optionally only those whose name starts with a prefix."""
+    """The chapter files ``notebooks/NN_*.md`` in order, optionally only those selected: a number is one chapter
+    (``3``, ``03``), any other selector a prefix of the file's name (``03_soft``)."""
     found = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.md"))
     if selection:
+        # a number names one chapter ("3" and "03" are chapter 3; "0" is the preface, not every chapter from 00 to 09)
+        selection = [f"{int(s):02d}_" if s.isdigit() else s for s in selection]
         picked = [p for p in found if any(p.stem.startswith(s) for s in selection)]
         missing = [s for s in selection if not any(p.stem.startswith(s) for p in found)]
         if missing:
@@ -94,6 +97,36 @@ def local_mathjax(html_dir: Path) -> str:
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
+def _check_kind(name: str, value: str, assignment: str) -> None:
+    """A number the chapter assigns must stay a number: ``--set 'TAU="0.7"'`` is refused naming ``TAU`` (it would
+    fail later, deep in the chapter, with an error that does not). Values that are not literals are not checked."""
+    import ast
+
+    try:
+        tree = ast.parse(assignment)
+        new = ast.literal_eval(value)
+    except (SyntaxError, ValueError):
+        return
+    stmt = tree.body[0] if tree.body else None
+    if not isinstance(stmt, ast.Assign) or len(stmt.targets) != 1:
+        return
+    target, source = stmt.targets[0], stmt.value
+    pairs = (zip(target.elts, source.elts, strict=False)
+             if isinstance(target, ast.Tuple) and isinstance(source, ast.Tuple) else [(target, source)])
+    for t, v in pairs:
+        if isinstance(t, ast.Name) and t.id == name:
+            try:
+                old = ast.literal_eval(v)
+            except ValueError:
+                return
+            number = (int, float)
+            if isinstance(old, number) and not isinstance(old, bool) and (
+                    isinstance(new, bool) or not isinstance(new, number)):
+                raise ValueError(f"set: {name} is a number in the chapter ({old!r}); got {value} "
+                                 f"({type(new).__name__})")
+            return
+
+
 def set_parameters(nb, overrides: dict[str, str]):
     """``nb`` with each ``NAME = VALUE`` of ``overrides`` assigned right after the first top-level line that assigns
     ``NAME`` (a chapter's parameters, e.g. ``S, A, GAMMA, TAU = 6, 3, 0.9, 1.0``): what a reader who edits that line
@@ -108,9 +141,11 @@ def set_parameters(nb, overrides: dict[str, str]):
             lines = cell.source.split("\n")
             at = next((i for i, line in enumerate(lines) if assign.match(line)), None)
             if at is not None:
+                first = at
                 while at + 1 < len(lines) and (lines[at].rstrip().endswith(("(", "[", "{", ",", "\\"))
                                                or lines[at + 1].startswith((" ", ")", "]", "}"))):
                     at += 1  # the assignment continues on the next line
+                _check_kind(name, value, "\n".join(lines[first:at + 1]))
                 lines.insert(at + 1, f"{name} = {value}  # set by python -m softq.book --set")
                 cell.source = "\n".join(lines)
                 break
@@ -134,12 +169,12 @@ def run_chapter(md: Path, out: Path, smoke: bool, timeout: int,
     if overrides and figures is not None:
         raise ValueError("a variant of a chapter (--set) writes its figures beside its records, not to --figures")
     name = md.stem
+    nb = set_parameters(jupytext.read(md), overrides or {})  # a bad --set raises here, before `out` is touched
     for sub in ("notebooks", "html", "checks"):
         (out / sub).mkdir(parents=True, exist_ok=True)
     records_file = out / "checks" / f"{name}.jsonl"
     records_file.unlink(missing_ok=True)
 
-    nb = set_parameters(jupytext.read(md), overrides or {})
     nb.metadata.setdefault("kernelspec", {"name": KERNEL, "display_name": "Python 3 (softq)", "language": "python"})
     # The kernel inherits this process's environment: that is how the chapter learns its name and record file.
     os.environ["SOFTQ_CHAPTER"] = name

@@ -85,6 +85,32 @@ def test_set_parameters_assigns_after_the_first_assignment_and_names_unknown_one
         book.set_parameters(nb, {"1x": "1"})
 
 
+def test_a_number_stays_a_number_and_a_number_selects_one_chapter():
+    """--set 'TAU="0.7"' is refused naming TAU (a number in the chapter); an int for a float is fine; an expression
+    is not checked. The selector "0" is the preface alone, "3" and "03" chapter 3."""
+    import nbformat.v4 as v4
+
+    def nb():
+        return v4.new_notebook(cells=[v4.new_code_cell("S, A, GAMMA, TAU = 6, 3, 0.9, 0.01  # the instance")])
+
+    with pytest.raises(ValueError, match=r"TAU is a number in the chapter \(0.01\); got \"0.7\" \(str\)"):
+        book.set_parameters(nb(), {"TAU": '"0.7"'})
+    with pytest.raises(ValueError, match="S is a number"):
+        book.set_parameters(nb(), {"S": "True"})
+    book.set_parameters(nb(), {"TAU": "1", "S": "2 * 4"})
+    assert [p.stem[:2] for p in book.chapters(["0"])] == ["00"]
+    assert [p.stem[:2] for p in book.chapters(["3", "04"])] == ["03", "04"]
+
+
+def test_a_bad_set_leaves_the_output_folder_alone(tmp_path, out):
+    md = _chapter(tmp_path, "94_kept", "from softq.check import check\nS = 3\ncheck('S', S, 3)")
+    assert book.run_chapter(md, out, smoke=True, timeout=120).ok
+    records = (out / "checks" / "94_kept.jsonl").read_bytes()
+    with pytest.raises(ValueError, match="BOGUS"):
+        book.run_chapter(md, out, smoke=True, timeout=120, overrides={"BOGUS": "1"})
+    assert (out / "checks" / "94_kept.jsonl").read_bytes() == records
+
+
 def test_set_is_checked_on_the_command_line(capsys):
     with pytest.raises(SystemExit):
         book.main(["00", "--set", "TAU"])

@@ -209,7 +209,8 @@ def test_make_optimizer():
     for opt in (tf, th):
         group = opt.param_groups[0]
         assert (group["lr"], group["alpha"], group["eps"]) == (7e-4, 0.9, 1e-5)
-    assert OPTIMIZERS == ("rmsprop_tf", "rmsprop_torch")
+    assert {type(make_optimizer(name, params, lr=7e-4, alpha=0.9, eps=1e-5)) for name in OPTIMIZERS} == {
+        RMSpropTF, torch.optim.RMSprop}  # every name builds one of the two
     with pytest.raises(ValueError, match=r"optimizer must be one of .*'adam'"):
         make_optimizer("adam", params, lr=7e-4, alpha=0.9, eps=1e-5)
 

@@ -314,3 +314,19 @@ def test_a_full_disk_fails_the_run_and_leaves_no_tmp_file(tmp_path, monkeypatch)
     status = json.loads((tmp_path / "status.json").read_text())
     assert status["status"] == "failed" and "No space left" in status["error"]
     assert not list(tmp_path.glob("*.tmp")) and not (tmp_path / "checkpoint.pt").exists()
+
+
+def test_config_records_the_command_a_reader_would_type(tmp_path):
+    """The command in config.json is `python -m softq.rl ...`, never the machine's path to __main__.py; a run
+    started from Python records the equivalent command, which starts the same run."""
+    args = ["train", *CARTPOLE, "--frames", "400", "--no-progress", "--out", str(tmp_path / "cli")]
+    subprocess.run([sys.executable, "-m", "softq.rl", *args], cwd=ROOT, check=True, capture_output=True)
+    cli = json.loads((tmp_path / "cli" / "config.json").read_text())["starts"][0]["command"]
+    assert cli.startswith("python -m softq.rl train ") and "__main__" not in cli
+    train(_small(), tmp_path / "py", progress=False)
+    py = json.loads((tmp_path / "py" / "config.json").read_text())["starts"][0]["command"]
+    assert py.startswith("python -m softq.rl train ") and "--rule naive" in py and "--frames 4000" in py
+    again = tmp_path / "again"
+    subprocess.run([*py.replace("python", sys.executable, 1).split()[:-2], "--out", str(again)], cwd=ROOT, check=True,
+                   capture_output=True)
+    assert _rows(again / "progress.csv") == _rows(tmp_path / "py" / "progress.csv")

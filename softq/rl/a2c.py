@@ -510,7 +510,7 @@ class A2C:
             raise NonFiniteLoss(
                 f"non-finite loss ({values[-1]}) or gradient norm ({out['grad_norm']}) at update {self.updates} "
                 f"(frame {self.frames - self.frames_per_update}) of rule={cfg.rule} env={cfg.env} seed={cfg.seed}: "
-                "stopped; the last good checkpoint is kept"
+                "stopped; checkpoint.pt, if the run has written one, holds its last good state"
             )
         out["lr"] = lr
         return out

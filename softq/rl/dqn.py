@@ -546,8 +546,8 @@ class DQN:
     def _non_finite(self, what: str) -> str:
         cfg = self.cfg
         return (f"non-finite {what} at gradient step <= {self.grad_steps} (vector step {self.updates}, frame "
-                f"{self.frames}) of dqn target={cfg.target} env={cfg.env} seed={cfg.seed}: stopped; the last good "
-                "checkpoint is kept")
+                f"{self.frames}) of dqn target={cfg.target} env={cfg.env} seed={cfg.seed}: stopped; checkpoint.pt, if "
+                "the run has written one, holds its last good state")
 
     def assert_finite(self) -> None:
         """Raise :class:`softq.rl.a2c.NonFiniteLoss` if a gradient step so far had a non-finite loss or gradient

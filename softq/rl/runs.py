@@ -310,7 +310,8 @@ def _train(cfg, out: Path, *, resume: bool, progress: bool) -> dict[str, Any]:
         if cfg_path.exists():
             starts = json.loads(cfg_path.read_text()).get("starts", [])
     starts.append({"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "update": agent.updates,
-                   "envs_restored": envs_restored, "command": " ".join(sys.argv), **getattr(agent, "info", {})})
+                   "envs_restored": envs_restored, "command": _command(cfg, out, state is not None),
+                   **getattr(agent, "info", {})})
     _write_json(cfg_path, {"config": cfg.as_dict(), "versions": versions(), "device": str(agent.device),
                            "machine": machine(), "protocol": protocol(agent.env),
                            "frames_per_step": agent.env.frames_per_step,
@@ -425,6 +426,18 @@ def _train(cfg, out: Path, *, resume: bool, progress: bool) -> dict[str, Any]:
             score_count=len(agent.scores), wall_s=round(wall, 1),
             frames_per_s=round(agent.frames / wall, 1) if wall > 0 else None)
     return result
+
+
+def _command(cfg, out: Path, resume: bool) -> str:
+    """The command that (re)started a run, as a reader would type it: ``python -m softq.rl ...`` from the command
+    line as given; for a run started from Python (a chapter, a test), the equivalent command built from ``cfg``.
+    Never the absolute path of ``softq/rl/__main__.py`` on the machine that ran it."""
+    import shlex
+
+    if sys.argv and Path(sys.argv[0]).name == "__main__.py" and Path(sys.argv[0]).parent.name == "rl":
+        return "python -m softq.rl " + shlex.join(sys.argv[1:])
+    args = ["train", *_cli_args(cfg), "--out", shown(out)] + (["--resume"] if resume else [])
+    return "python -m softq.rl " + shlex.join(args)
 
 
 def _cli_args(cfg) -> list[str]:
