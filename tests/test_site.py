@@ -49,6 +49,10 @@ def test_figure_captions_get_targets_and_book_figures_links():
                                 "Figure 1.", REFS, "02_regularized_mdps")
     assert out.startswith("(fig-2-1)=\n**Figure 2.1.** Soft")
     assert "{ref}`Figure 2.1 <fig-2-1>` shows" in out and "paper's Figure 1." in out
+    appendix = site.collect_references({"98_atari_on_a_cpu": ["**Figure 98.1.** The grid.\n"]})
+    assert appendix.figures == {"98.1": "fig-98-1"}  # an appendix numbers its figures by its file's 98
+    out = site.prepare_markdown("**Figure 98.1.** The grid.\n\nAs Figure 98.1 shows.", appendix, "98_atari_on_a_cpu")
+    assert out.startswith("(fig-98-1)=\n**Figure 98.1.**") and "{ref}`Figure 98.1 <fig-98-1>` shows" in out
 
 
 def test_appendix_tables_link_their_equation_numbers():
