@@ -172,15 +172,26 @@ def sac_policy_objective(pi: torch.Tensor, q: torch.Tensor, tau: float,
     return kl(pi, boltzmann_policy(q, tau, pi_bar))
 
 
+#: The first trust radius of :func:`sac_policy_improvement`: the largest change of a logit in its first Newton step
+#: (a probability ratio of e); the radius then adapts.
+FIRST_LOGIT_STEP = 1.0
+#: ... and its largest: a few units of logit a step, so that no step jumps across the softmax into saturation.
+MAX_LOGIT_STEP = 4.0
+
+
 def sac_policy_improvement(q: torch.Tensor, tau: float, pi_bar: torch.Tensor | None = None, *,
                            features: torch.Tensor | None = None, tol: float = 1e-12,
-                           max_steps: int = 200) -> torch.Tensor:
+                           max_steps: int = 1000) -> torch.Tensor:
     """SAC's policy improvement step: ``argmin_{pi in Pi} sum_s D_KL[pi(.|s) || pi^B_Q(.|s)]``, by Newton's method.
 
     ``Pi`` is the softmax policies with logits ``z[s, a]``: free (``features=None``, the exact/tabular class, whose
     minimizer is ``pi^B_Q`` itself) or linear, ``z = features @ w`` with ``features: [S, A, F]`` (a restricted
     class: the step is then a KL projection). Starts from uniform logits and takes saddle-free Newton steps (the
-    Hessian with its eigenvalues' absolute values, its flat directions left out), backtracked, until the
+    Hessian with its eigenvalues' absolute values, its flat directions left out), each within a trust region on the
+    logits (from :data:`FIRST_LOGIT_STEP`, doubled after a whole step up to :data:`MAX_LOGIT_STEP`, halved after a
+    shortened one: a full step
+    from a flat start can land in a saturated softmax, whose vanishing gradient mimics a minimizer) and
+    backtracked, until the
     largest gradient entry is at most ``tol``: the same accuracy whatever the instance's conditioning (a
     ``RuntimeError`` after ``max_steps`` steps). The objective is computed in log space,
     ``sum_a pi (log pi - log pi^B_Q)``, to stay accurate near the minimizer. Returns ``pi: [S, A]``.
@@ -208,6 +219,7 @@ def sac_policy_improvement(q: torch.Tensor, tau: float, pi_bar: torch.Tensor | N
 
     w = torch.zeros(math.prod(shape), dtype=DTYPE)
     f, g = objective(w), grad(objective)(w)
+    radius = FIRST_LOGIT_STEP
     for _ in range(validate_count(max_steps, "max_steps")):
         if g.abs().max().item() <= tol:
             return torch.softmax(logits(w), -1)
@@ -216,6 +228,13 @@ def sac_policy_improvement(q: torch.Tensor, tau: float, pi_bar: torch.Tensor | N
         lam, vec = torch.linalg.eigh(hessian(objective)(w))
         keep = lam.abs() > 1e-12 * lam.abs().max()
         step = -vec[:, keep] @ ((vec[:, keep].T @ g) / lam[keep].abs())
+        # a trust region on the logits: no logit moves by more than `radius` in one step. Where the curvature is
+        # small (a near-uniform start, a large Q / tau) a full Newton step can jump into a saturated softmax, whose
+        # vanishing gradient would pass the test above far from the minimizer. The radius doubles after a step
+        # taken whole and halves after one the line search had to shorten
+        longest = logits(step).abs().max().item()
+        capped = longest > radius
+        step = step * min(1.0, radius / max(longest, 1e-300))
         t = 1.0
         while t > 1e-12:  # backtrack: sufficient decrease, or (where rounding hides it) a smaller gradient
             f_new, g_new = objective(w + t * step), grad(objective)(w + t * step)
@@ -223,6 +242,8 @@ def sac_policy_improvement(q: torch.Tensor, tau: float, pi_bar: torch.Tensor | N
                 break
             t /= 2
         w, f, g = w + t * step, f_new, g_new
+        radius = min(2 * radius, MAX_LOGIT_STEP) if t == 1.0 and capped else (
+            radius if t == 1.0 else max(radius / 2, 1e-3))
     raise RuntimeError(f"sac_policy_improvement: gradient {g.abs().max().item():.1e} > tol = {tol} after "
                        f"{max_steps} Newton steps")
 

@@ -156,3 +156,15 @@ def test_munchausen_bad_alpha():
         fam.munchausen_backup(mdp, torch.zeros(S, A), TAU, 1.5)
     with pytest.raises(ValueError, match="alpha"):
         fam.geometric_reference(tb.random_policy(S, A, seed=0), -0.1)
+
+
+def test_sac_policy_step_does_not_stop_in_a_saturated_softmax():
+    """S=4, A=5, tau=0.16, Q = 2 randn (seed 419): a full Newton step from uniform logits landed in a saturated
+    softmax whose gradient passed the 1e-12 test 0.996 away from pi^B_Q; the trust region on the logits reaches
+    pi^B_Q itself."""
+    import softq.family as fam
+    from softq.regularized import boltzmann_policy
+
+    q = 2 * torch.randn(4, 5, generator=torch.Generator().manual_seed(419), dtype=torch.float64)
+    pi = fam.sac_policy_improvement(q, 0.16)
+    assert (pi - boltzmann_policy(q, 0.16)).abs().max() < 1e-9
