@@ -375,8 +375,11 @@ def minimize_least_squares(residual_fn: ResidualFn, theta0: torch.Tensor, weight
         if float(step.norm()) <= tol * (1 + float(theta.norm())):
             return theta
         lam = 0.0 if lam <= 1e-10 * scale else lam / 10
-    raise RuntimeError(f"minimize_least_squares: no convergence in {max_iter} iterations (last step "
-                       f"{float(step.norm()):.3g}, gradient {float(grad_l.norm()):.3g})")
+    eig = torch.linalg.eigvalsh(hess)
+    raise RuntimeError(f"minimize_least_squares: no convergence in {max_iter} iterations (loss {value:.6g}, last step "
+                       f"{float(step.norm()):.3g}, gradient {float(grad_l.norm()):.3g}, |theta| "
+                       f"{float(theta.norm()):.3g}; the Hessian's eigenvalues from {float(eig[0]):.3g} to "
+                       f"{float(eig[-1]):.3g}: a minimizer far away, or none, along its flattest directions)")
 
 
 def second_order_step(fn: ResidualFn, theta: torch.Tensor, targets: torch.Tensor,
