@@ -177,6 +177,8 @@ def run_chapter(md: Path, out: Path, smoke: bool, timeout: int,
 
     nb.metadata.setdefault("kernelspec", {"name": KERNEL, "display_name": "Python 3 (softq)", "language": "python"})
     # The kernel inherits this process's environment: that is how the chapter learns its name and record file.
+    # They are this chapter's only: restored when it has run (a caller's own SOFTQ_FIGURES, say, stays its own).
+    saved = {k: os.environ.get(k) for k in ("SOFTQ_CHAPTER", "SOFTQ_CHECKS_FILE", "SOFTQ_SMOKE", "SOFTQ_FIGURES")}
     os.environ["SOFTQ_CHAPTER"] = name
     os.environ["SOFTQ_CHECKS_FILE"] = str(records_file)
     os.environ["SOFTQ_SMOKE"] = "1" if smoke else "0"
@@ -202,6 +204,11 @@ def run_chapter(md: Path, out: Path, smoke: bool, timeout: int,
         if km.has_kernel:
             km.shutdown_kernel(now=False)
         shutil.rmtree(sockets, ignore_errors=True)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
     seconds = time.perf_counter() - start
 
     nbformat.write(nb, out / "notebooks" / f"{name}.ipynb")
