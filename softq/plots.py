@@ -14,7 +14,6 @@ book's figures in ``figures/``.
 
 from __future__ import annotations
 
-import csv
 import math
 import os
 import re
@@ -25,6 +24,7 @@ import matplotlib.ticker
 import numpy as np
 
 from softq import config
+from softq.rl.folder import has_runs, read_log, read_runs, run_record, run_records  # noqa: F401  (chapters use them)
 
 __all__ = ["figure_dir", "savefig", "read_runs", "has_runs", "curve_stats", "plot_learning_curves",
            "MIN_SEEDS_FOR_BAND", "CURVES_KEY", "SCORE_RANGES", "score_range", "draw_band",
@@ -81,34 +81,6 @@ def savefig(fig, name: str, *, dpi: int = 150) -> tuple[Path, Path]:
     return png, svg
 
 
-def _read_csv(path: Path, x: str, y: str) -> tuple[np.ndarray, np.ndarray]:
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    if rows and (x not in rows[0] or y not in rows[0]):
-        raise ValueError(f"{path}: needs columns {x!r} and {y!r}, has {list(rows[0])}")
-
-    def num(v: str) -> float:
-        return float(v) if v not in ("", None) else math.nan
-
-    return np.array([num(r[x]) for r in rows]), np.array([num(r[y]) for r in rows])
-
-
-def read_runs(experiment: str | Path, rule: str, *, x: str = "frames", y: str = "score_mean100"
-              ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-    """``{seed: (x [n], y [n])}`` from ``<experiment>/<rule>/seed<k>/progress.csv``, every seed that has rows.
-
-    Runs still in progress (``status.json`` "running" or "paused") are read as far as they got.
-    """
-    out = {}
-    for d in sorted(Path(experiment, rule).glob("seed*")):
-        m = re.fullmatch(r"seed(\d+)", d.name)
-        if m and (d / "progress.csv").exists():
-            xs, ys = _read_csv(d / "progress.csv", x, y)
-            if len(xs):
-                out[int(m.group(1))] = (xs, ys)
-    return out
-
-
 def game_length_trace(experiment: str | Path, rule: str, *, window_frames: float = 4e5
                       ) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """``{seed: (frames [n], score_mean100 [n], frames per game [n])}`` of each run of ``rule``: at each log row
@@ -138,11 +110,6 @@ def game_lengths(experiment: str | Path, rule: str, *, window_frames: float = 1e
     its log: the last point of :func:`game_length_trace`. NaN where no game finished."""
     return {seed: float(lengths[-1])
             for seed, (_, _, lengths) in game_length_trace(experiment, rule, window_frames=window_frames).items()}
-
-
-def has_runs(experiment: str | Path, rules) -> bool:
-    """Whether ``experiment`` holds at least one logged run of every rule in ``rules``."""
-    return Path(experiment).is_dir() and all(read_runs(experiment, r) for r in rules)
 
 
 def curve_stats(runs: dict[int, tuple[np.ndarray, np.ndarray]], ddof: int = 1
@@ -283,7 +250,7 @@ def plot_runs(ax, runs: dict[str, str | Path], *, y: str = "score_mean100") -> d
     experiments; return ``{label: {"frames", "final"}}`` (the last logged point)."""
     summary = {}
     for k, (label, d) in enumerate(runs.items()):
-        xs, ys = _read_csv(Path(d) / "progress.csv", "frames", y)
+        xs, ys = read_log(Path(d) / "progress.csv", "frames", y)
         if not len(xs):
             raise ValueError(f"{d}: progress.csv has no rows")
         ax.plot(xs, ys, color=f"C{k}", lw=1.5, label=label)
@@ -338,28 +305,6 @@ def plot_pairs(pairs: dict[str, dict[str, str | Path]], field: str, *, title: st
     fig.text(0.01, 0.01, caption, fontsize=6.5)
     fig.tight_layout(rect=(0, 0.03 / nrows * (caption.count("\n") + 2), 1, 1))
     return fig
-
-
-def run_record(run: str | Path) -> dict:
-    """``{"config", "versions", "machine", ..., "status"}`` of one run folder: its ``config.json`` and, as
-    ``status``, its ``status.json`` (empty if absent)."""
-    import json
-
-    d = Path(run)
-    status = json.loads((d / "status.json").read_text()) if (d / "status.json").exists() else {}
-    return {**json.loads((d / "config.json").read_text()), "status": status}
-
-
-def run_records(experiment: str | Path, rules) -> dict[tuple[str, int], dict]:
-    """``{(rule, seed): run_record}`` (:func:`run_record`) of every run folder of ``experiment`` with a
-    ``config.json`` (:mod:`softq.rl.runs`' layout)."""
-    out = {}
-    for rule in rules:
-        for d in sorted(Path(experiment, rule).glob("seed*")):
-            m = re.fullmatch(r"seed(\d+)", d.name)
-            if m and (d / "config.json").exists():
-                out[rule, int(m.group(1))] = run_record(d)
-    return out
 
 
 def config_spread(records: dict[tuple[str, int], dict], *, ignore=("rule", "seed")) -> dict[str, list]:

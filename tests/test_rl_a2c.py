@@ -255,7 +255,7 @@ def test_an_underflowing_probability_leaves_the_weights_finite(rule):
 
 
 def test_non_finite_weights_are_never_checkpointed(tmp_path):
-    from softq.rl.a2c import NonFiniteLoss
+    from softq.rl.agent import NonFiniteLoss
     from softq.rl.runs import train
 
     agent_cfg = Config(env="CartPole-v1", rule="proper", frames=400, **SMALL)
@@ -331,7 +331,7 @@ def test_softq_rl_bounds_openmp_spinning_before_torch_loads():
     import subprocess
     import sys
 
-    probe = ("import os, {first}, {second}, torch\nfrom softq.rl.a2c import auto_torch_threads\n"
+    probe = ("import os, {first}, {second}, torch\nfrom softq.rl.agent import auto_torch_threads\n"
              "print(os.environ.get('GOMP_SPINCOUNT'), softq.rl.OPENMP_SPIN_BOUNDED, "
              "auto_torch_threads('pong', torch.device('cpu'), cores=4))")
 

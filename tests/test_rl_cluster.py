@@ -144,3 +144,31 @@ def test_estimate_from_a_bench_file(tmp_path):
     assert cluster.resources(grid[0][0]) == {"num_cpus": 8, "num_gpus": 0.0}
     with pytest.raises(ValueError, match="cpus"):
         cluster.resources(grid[0][0], cpus=0)
+
+
+def test_a_side_by_side_figure_names_its_own_machine(tmp_path):
+    """A bench file's newest side-by-side figure may come from another machine than the file's top level: the
+    estimate names the figure's machine."""
+    bench = tmp_path / "cpu.json"
+    bench.write_text(json.dumps({
+        "machine": {"cpu": "AMD EPYC", "cores": 2, "gpu": None}, "steps_per_second": {"a2c_ale": 700.0},
+        "side_by_side": [{"median_steps_per_second": {"a2c_fp32": 1300.0},
+                          "machine": {"cpu": "Intel Xeon", "cores": 2, "gpu": None}}]}))
+    t = cluster.throughput(bench, "a2c")
+    assert t.frames_per_s == 5200 and "Intel Xeon" in t.source and "AMD EPYC" not in t.source
+    with pytest.raises(ValueError, match="no dqn throughput"):
+        cluster.throughput(bench, "dqn")
+
+
+def test_ray_without_a_cluster_is_a_clear_error(tmp_path, monkeypatch):
+    """--launcher ray with no cluster at the address: a ValueError naming the address, not a ConnectionError."""
+    ray = pytest.importorskip("ray")
+
+    def refuse(*args, **kwargs):
+        raise ConnectionError("Could not find any running Ray instance.")
+
+    monkeypatch.setattr(ray, "init", refuse)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    grid = [(Config(env="CartPole-v1", frames=400), tmp_path / "run")]
+    with pytest.raises(ValueError, match="--ray-address 'auto': no Ray cluster there"):
+        cluster.fill_ray(plan(grid), address="auto")

@@ -9,8 +9,9 @@ import pytest
 
 from softq.rl.__main__ import main
 from softq.rl.a2c import Config
+from softq.rl.folder import RunBusy, RunFolder
 from softq.rl.grid import fill, plan, plan_run
-from softq.rl.runs import RunBusy, _locked, train
+from softq.rl.runs import train
 
 TINY = ["--env", "CartPole-v1", "--num-envs", "4", "--lr", "0.002", "--torch-threads", "1", "--frames", "2000",
         "--log-every", "50", "--no-progress"]
@@ -105,7 +106,7 @@ def test_failed_run_is_reported_not_rerun(tmp_path):
 def test_a_locked_run_is_busy(tmp_path):
     """While one process trains a folder, another train() there raises and the grid leaves it alone."""
     out = tmp_path / "run"
-    with _locked(out):
+    with RunFolder(out).locked():
         assert plan_run(_cfg(rule="naive"), out).action == "busy"
         with pytest.raises(RunBusy, match="another process"):
             train(_cfg(rule="naive"), out, progress=False)

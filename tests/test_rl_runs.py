@@ -15,8 +15,8 @@ import torch
 import softq.rl.a2c
 from softq.rl.__main__ import main
 from softq.rl.a2c import CARTPOLE as CARTPOLE_A2C
-from softq.rl.a2c import Config, NonFiniteLoss
-from softq.rl.runs import COLUMNS, train
+from softq.rl.a2c import COLUMNS, Config, NonFiniteLoss
+from softq.rl.runs import train
 
 ROOT = Path(__file__).resolve().parent.parent
 CARTPOLE = ["--env", "CartPole-v1", "--num-envs", "4", "--lr", "0.002", "--torch-threads", "1"]

@@ -65,3 +65,15 @@ def test_score_comparison_reports_means_intervals_and_whether_the_seeds_rank(tmp
         write_run(tmp_path, "naive", seed, [5, 10], [0.0, -18.0 + seed / 10])
     six = stats.score_comparison(tmp_path, ["naive", "proper"], [("proper", "naive")], reps=500)
     assert six["text"][-1].endswith(f"proper scores higher (exact permutation test, p = {2 / 924:.3f})")
+
+
+def test_one_seed_a_side_reports_no_interval(tmp_path):
+    """A bootstrap over one seed has width 0: the text says there is no interval instead of printing [x, x]."""
+    write_run(tmp_path, "proper", 0, [5, 10], [0.0, -6.9])
+    write_run(tmp_path, "naive", 0, [5, 10], [0.0, -7.9])
+    text = stats.score_comparison(tmp_path, ["naive", "proper"], [("proper", "naive")], reps=200)["text"]
+    assert "naive: mean -7.9, no interval from one seed; seeds [0]: -7.9" in text[1]
+    assert "no interval from one pair over 1 x 1 pairs" in text[-1] and "no outcome can" in text[-1]
+    write_run(tmp_path, "proper", 1, [5, 10], [0.0, -5.0])
+    text = stats.score_comparison(tmp_path, ["naive", "proper"], [("proper", "naive")], reps=200)["text"]
+    assert "proper: mean -6.0, 95% CI [" in text[2] and "95% CI [" in text[-1]

@@ -30,6 +30,7 @@ import sys
 from pathlib import Path
 
 from softq.rl.a2c import RULES
+from softq.rl.agent import ALGORITHMS
 from softq.rl.runs import config_class
 
 
@@ -166,13 +167,15 @@ def _inspect(args, parser) -> int:
     """``inspect``: write ``gradients.json`` into each run folder from its checkpoint."""
     import json
 
+    from softq.rl.folder import RunFolder
     from softq.rl.optim import checkpoint_gradient_report
 
     for run in args.runs:
-        if not (run / "checkpoint.pt").exists():
-            parser.error(f"argument runs: {run} has no checkpoint.pt (checkpoints stay on the machine that trained)")
+        ckpt = RunFolder(run).checkpoint_path
+        if not ckpt.exists():
+            parser.error(f"argument runs: {run} has no {ckpt.name} (checkpoints stay on the machine that trained)")
         try:
-            report = checkpoint_gradient_report(run / "checkpoint.pt")
+            report = checkpoint_gradient_report(ckpt)
         except ValueError as e:
             parser.error(str(e))
         (run / "gradients.json").write_text(json.dumps(report, indent=1) + "\n")
@@ -218,42 +221,33 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     algo = _algo(argv)
     preset = _preset(argv)
-    parser = _parser(algo if algo in ("a2c", "dqn") else "a2c", preset if algo == "dqn" else None)
-    if argv[:1] == ["train"] and algo not in ("a2c", "dqn"):
-        parser.error(f"argument --algo: must be 'a2c' or 'dqn', got {algo!r}")
+    parser = _parser(algo if algo in ALGORITHMS else "a2c", preset if algo == "dqn" else None)
+    if argv[:1] == ["train"] and algo not in ALGORITHMS:
+        parser.error(f"argument --algo: must be one of {tuple(ALGORITHMS)}, got {algo!r}")
     args = parser.parse_args(argv)
     if args.command == "bench":
         return _bench(args, parser)
     if args.command == "inspect":
         return _inspect(args, parser)
 
-    from softq.rl.a2c import NonFiniteLoss
+    from softq.rl.agent import NonFiniteLoss
+    from softq.rl.folder import RunFolder
+    from softq.rl.grid import expand
     from softq.rl.runs import RunBusy, launch, outcome, run_dir, shown, train
 
     cls = config_class(args.algo)
-    seeds = args.seeds or [args.seed]
-    base = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)}
-    if args.algo == "a2c":
-        if args.targets or args.taus or args.n_steps:
-            parser.error("--targets, --taus and --n-steps are DQN options (--algo dqn)")
-        variants = [{"rule": rule} for rule in (args.rules or [args.rule])]
-    else:
-        if args.rules:
-            parser.error("--rules is an A2C option; DQN takes --targets, --taus, --n-steps")
-        variants = []
-        for target in args.targets or [args.target]:
-            for tau in ([args.tau] if target == "hard" else args.taus or [args.tau]):  # hard has no tau
-                variants += [{"target": target, "tau": tau, "n_step": n} for n in args.n_steps or [args.n_step]]
     envs = args.envs or [args.env]
     if args.envs and args.experiment and len(envs) > 1 and "{env}" not in args.experiment:
         parser.error("--experiment names one experiment; with several --envs put {env} in it (a2c-paper-{env}), "
                      "or leave it out (each game's is <algo>-<env>)")
-    cfgs = []
-    try:  # seed-major within each env: seed 0 of every variant first, so that a comparison exists early
-        for env in envs:
-            for seed in seeds:
-                for variant in variants:
-                    cfgs.append(cls(**{**base, **variant, "env": env, "seed": seed}))
+    if args.algo == "a2c" and (args.targets or args.taus or args.n_steps):
+        parser.error("--targets, --taus and --n-steps are DQN options (--algo dqn)")
+    if args.algo == "dqn" and args.rules:
+        parser.error("--rules is an A2C option; DQN takes --targets, --taus, --n-steps")
+    try:
+        base = cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
+        cfgs = expand(base, envs=envs, seeds=args.seeds, rules=args.rules, targets=args.targets, taus=args.taus,
+                      n_steps=args.n_steps)
     except ValueError as e:
         parser.error(str(e))
     if args.dry_run and not args.fill:
@@ -327,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{shown(outs[0])}] {outcome(result)}")
         return 0
     if not args.resume:
-        taken = [str(o) for o in outs if any((Path(o) / f).exists() for f in ("progress.csv", "config.json"))]
+        taken = [str(o) for o in outs if RunFolder(o).holds_run()]
         if taken:
             parser.error(f"these folders already hold runs: {', '.join(taken)}; --fill runs only what is missing "
                          "(and resumes what has a checkpoint), --resume continues them")

@@ -29,18 +29,18 @@ from -- the final observation of the game that just ended -- so that a time-limi
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections import deque
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
 from softq import config as softq_config
 from softq import losses, regularized
-from softq.rl.envs import CLASSIC_ENVS, VecEnv, is_atari, make_env
+from softq.rl.agent import NonFiniteLoss, RunConfig, auto_torch_threads, restore_generator
+from softq.rl.envs import CLASSIC_ENVS, VecEnv, make_env
 from softq.rl.nets import make_net
 from softq.rl.optim import OPTIMIZERS, make_optimizer
 
@@ -51,8 +51,9 @@ __all__ = [
 ]
 
 RULES = ("naive", "proper", "soft_q")
-ALGOS = ("a2c",)
-PRECISIONS = ("fp32", "bf16")
+#: progress.csv columns of an A2C run (``updates`` counts rollouts; the loss terms are of the update before the row).
+COLUMNS = ("frames", "updates", "episodes", "score_mean100", "score_count", "loss", "policy_loss", "value_loss",
+           "q_loss", "entropy", "kl", "grad_norm", "lr", "sps", "wall_s")
 #: The book's live CartPole runs (chapters 6 and 8) change four of the Atari defaults, beside lr and num_envs: the
 #: KL form in which those chapters derive the rules; torch's RMSprop, because TensorFlow's starts its squared-
 #: gradient average at 1 and takes a few hundred updates to reach its full step, a large part of a short CartPole
@@ -64,8 +65,10 @@ CARTPOLE = {"env": "CartPole-v1", "penalty": "kl", "optimizer": "rmsprop_torch",
 
 
 @dataclass
-class Config:
+class Config(RunConfig):
     """Every setting of a run. Defaults: the paper's Atari A2C. Bad values raise ValueError naming the field."""
+
+    ALGO: ClassVar[str] = "a2c"
 
     # what to run
     algo: str = "a2c"  # a2c (this Config) | dqn (softq.rl.dqn.Config: python -m softq.rl train --algo dqn)
@@ -103,49 +106,24 @@ class Config:
     time_limit_minutes: float = 0.0  # stop (after a checkpoint) when this much time has passed; 0: no limit
 
     def __post_init__(self) -> None:
-        def bad(name: str, why: str) -> ValueError:
-            return ValueError(f"{name} {why}, got {getattr(self, name)!r}")
-
-        if self.algo not in ALGOS:
-            raise bad("algo", f"must be one of {ALGOS}")
         if self.rule not in RULES:
-            raise bad("rule", f"must be one of {RULES}")
-        if self.env not in CLASSIC_ENVS:
-            is_atari(self.env)  # ValueError naming an unknown game
-        for name in ("seed", "env_threads", "torch_threads", "checkpoint_every", "schedule_frames", "agreement_every"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise bad(name, "must be an int >= 0")
-        for name in ("frames", "num_envs", "num_steps", "hidden", "log_every"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise bad(name, "must be an int >= 1")
-        for name in ("lr", "rms_eps", "tau", "max_grad_norm", "policy_init_scale"):
-            v = getattr(self, name)
-            if not (isinstance(v, int | float) and math.isfinite(v) and v > 0):
-                raise bad(name, "must be a finite number > 0")
-        for name in ("value_coef", "checkpoint_minutes", "time_limit_minutes"):
-            v = getattr(self, name)
-            if not (isinstance(v, int | float) and math.isfinite(v) and v >= 0):
-                raise bad(name, "must be a finite number >= 0")
-        for name in ("gamma", "rms_alpha"):
-            v = getattr(self, name)
-            if not (isinstance(v, int | float) and 0 <= v <= 1):
-                raise bad(name, "must lie in [0, 1]")
+            raise self.bad("rule", f"must be one of {RULES}")
+        self.check_common()
+        self.require("int>=0", "schedule_frames", "agreement_every")
+        self.require("int>=1", "num_envs", "num_steps")
+        self.require("number>0", "lr", "rms_eps", "tau", "max_grad_norm", "policy_init_scale")
+        self.require("number>=0", "value_coef")
+        self.require("unit", "rms_alpha")
         if self.lr_schedule not in ("linear", "constant"):
-            raise bad("lr_schedule", "must be 'linear' or 'constant'")
+            raise self.bad("lr_schedule", "must be 'linear' or 'constant'")
         if self.penalty not in regularized.PENALTIES:
-            raise bad("penalty", f"must be one of {regularized.PENALTIES}")
+            raise self.bad("penalty", f"must be one of {regularized.PENALTIES}")
         if self.optimizer not in OPTIMIZERS:
-            raise bad("optimizer", f"must be one of {OPTIMIZERS}")
-        if self.precision not in PRECISIONS:
-            raise bad("precision", f"must be one of {PRECISIONS}")
+            raise self.bad("optimizer", f"must be one of {OPTIMIZERS}")
         if self.env_backend not in ("ale", "gymnasium"):
-            raise bad("env_backend", "must be 'ale' or 'gymnasium'")
+            raise self.bad("env_backend", "must be 'ale' or 'gymnasium'")
         if self.env_backend == "gymnasium" and self.env in CLASSIC_ENVS:
-            raise bad("env_backend", f"'gymnasium' is for Atari games only (env={self.env!r})")
-        if self.device != "auto":
-            softq_config.device(self.device)  # ValueError naming the device if it is unknown or absent
+            raise self.bad("env_backend", f"'gymnasium' is for Atari games only (env={self.env!r})")
 
     @property
     def steps_per_update(self) -> int:
@@ -155,17 +133,6 @@ class Config:
     def horizon_frames(self) -> int:
         """Frames over which the learning rate decays to 0 (``schedule_frames``, or ``frames`` when that is 0)."""
         return self.schedule_frames or self.frames
-
-    def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Config:
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"config: unknown fields {sorted(unknown)}")
-        return cls(**d)
 
 
 #: The paper's A2C budget: 320M frames per run (Section 6.1, "train for 320 million frames"); the learning rate's
@@ -190,42 +157,6 @@ def paper_protocol_differences(cfg: Config) -> list[str]:
         if f.name not in _NOT_PROTOCOL and getattr(cfg, f.name) != getattr(defaults, f.name):
             out.append(f"{f.name} {getattr(cfg, f.name)} (the paper: {getattr(defaults, f.name)})")
     return out
-
-
-def auto_torch_threads(env: str, device: torch.device, cores: int | None = None) -> int:
-    """Torch's CPU threads when ``torch_threads = 0``: 1 with CUDA (the cores belong to the emulators) and for
-    classic control (a 64-unit MLP gains nothing); for an Atari CNN on CPU every one of the ``cores`` (default:
-    this process's), shared with the emulators' threads, which step while the network waits and the reverse.
-
-    Measured 2026-12-03 (2-core Intel Xeon, Pong, 16 envs, 2 ALE threads, idle, 12 s each): 1 torch thread
-    710-748 (float32) and 943-1065 (bf16) agent steps/s, 2 threads 1015-1031 and 1309-1490. Two threads need
-    OpenMP's spinning bounded (:data:`softq.rl.OPENMP_SPIN_BOUNDED`: beside a busy process they ran at 190-206
-    steps/s without it, 572-627 with it): when torch was imported before :mod:`softq.rl` with libgomp's default,
-    half the cores are used, as before.
-    """
-    if device.type != "cpu" or env in CLASSIC_ENVS:
-        return 1
-    if cores is None:
-        cores = softq_config.cores()
-    from softq.rl import OPENMP_SPIN_BOUNDED
-
-    return cores if OPENMP_SPIN_BOUNDED else max(1, cores // 2)
-
-
-def restore_generator(gen: torch.Generator | None, state: torch.Tensor | None, device_type: str | None) -> bool:
-    """Set ``gen`` to a saved ``state`` if it was saved from a generator of the same device type; return whether it was.
-
-    A CPU and a CUDA generator have states of different sizes, and a run may resume on the other device (``device``
-    is a run-control field): then ``gen`` keeps its fresh seed and the caller records that the stream changed.
-    """
-    if gen is None or state is None or device_type != gen.device.type:
-        return False
-    gen.set_state(state)
-    return True
-
-
-class NonFiniteLoss(RuntimeError):
-    """A loss became NaN or infinite: the run stops, keeping its last good checkpoint."""
 
 
 # --- the update rules ---------------------------------------------------------------------------------------------
@@ -386,6 +317,8 @@ class A2C:
     the optimizer stay float32).
     """
 
+    columns = COLUMNS
+
     def __init__(self, cfg: Config, env: VecEnv | None = None):
         self.cfg = cfg
         self.device = softq_config.device(None if cfg.device == "auto" else cfg.device)
@@ -527,6 +460,15 @@ class A2C:
         """One rollout and one update."""
         self.collect()
         return self.update()
+
+    def hooks(self) -> list:
+        """With ``agreement_every``: the measurement of ``proper`` against ``soft_q`` on the batch of every
+        ``agreement_every``-th update (:class:`softq.rl.compare.AgreementHook`, ``agreement.csv``)."""
+        if not self.cfg.agreement_every:
+            return []
+        from softq.rl.compare import AgreementHook
+
+        return [AgreementHook(self.cfg.agreement_every)]
 
     def score_mean(self) -> float:
         """Mean unclipped score of the last 100 (or fewer) finished games; NaN before the first."""

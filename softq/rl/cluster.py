@@ -27,8 +27,10 @@ from typing import Any
 
 import torch
 
-from softq.rl.grid import RUNS, Planned, _clear, _read_json, plan_run
-from softq.rl.runs import config_class, shown, split_threads, train
+from softq.rl.agent import read_config
+from softq.rl.folder import RunFolder
+from softq.rl.grid import RUNS, Planned, plan_run
+from softq.rl.runs import shown, split_threads, train
 
 __all__ = ["resources", "run_planned", "fill_ray", "Throughput", "throughput", "estimate", "describe_estimate"]
 
@@ -47,14 +49,14 @@ def resources(cfg, cpus: int | None = None, gpus: float = 0.0) -> dict[str, floa
 def run_planned(cfg_dict: dict[str, Any], out: str, cpus: int) -> dict[str, Any]:
     """One run of a grid, as a cluster task runs it: plan the folder now (skip, resume, restart or start), then
     train with ``cpus`` cores' worth of threads. Returns the final status dict (``status: skipped`` if finished)."""
-    cfg = config_class(cfg_dict.get("algo", "a2c")).from_dict(cfg_dict)
+    cfg = read_config(cfg_dict)
     planned = plan_run(cfg, out)
     if planned.action == "skip":
         return {"status": "skipped", "why": planned.why}
     if planned.action not in RUNS:  # failed earlier, or busy: reported, not run
         raise RuntimeError(f"{shown(out)}: {planned.action}: {planned.why}")
     if planned.action == "restart":
-        _clear(Path(out))
+        RunFolder(out).clear()
     torch.set_num_threads(max(1, cpus))
     return train(split_threads(cfg, cpus), out, resume=RUNS[planned.action], progress=False)
 
@@ -73,8 +75,17 @@ def fill_ray(planned: list[Planned], *, address: str | None = "auto", cpus: int 
         return failed
     started_here = not ray.is_initialized()
     if started_here:
-        ray.init(address=None if address == "local" else address, runtime_env=runtime_env,
-                 log_to_driver=False, include_dashboard=False)
+        try:
+            ray.init(address=None if address == "local" else address, runtime_env=runtime_env,
+                     log_to_driver=False, include_dashboard=False)
+        except ConnectionError as e:
+            raise ValueError(f"--ray-address {address!r}: no Ray cluster there ({str(e).strip().splitlines()[-1]}); "
+                             "start one (`ray start --head`), give its address, or use --ray-address local") from None
+        except (ImportError, RuntimeError) as e:
+            if not str(address).startswith("ray://"):
+                raise
+            raise ValueError(f"--ray-address {address!r}: a ray:// address needs Ray's client "
+                             f"(pip install 'ray[client]'): {e}") from None
     try:
         tasks = {}
         for p in todo:
@@ -122,18 +133,17 @@ def throughput(bench: str | Path, algo: str) -> Throughput:
     except FileNotFoundError:
         raise ValueError(f"bench: no file {path} (make bench writes results/bench/<machine>.json)") from None
     sps = doc.get("steps_per_second", {})
-    side = (doc.get("side_by_side") or [{}])[-1].get("median_steps_per_second", {})
-    if algo == "a2c":
-        key, value = ("side_by_side a2c_fp32", side["a2c_fp32"]) if "a2c_fp32" in side else ("a2c_ale",
-                                                                                           sps.get("a2c_ale"))
-    elif algo == "dqn":
-        key, value = ("side_by_side dqn_hard_fp32", side["dqn_hard_fp32"]) if "dqn_hard_fp32" in side else (
-            "dqn_hard_n1_B8", sps.get("dqn_hard_n1_B8"))
-    else:
+    last_side = (doc.get("side_by_side") or [{}])[-1]
+    side = last_side.get("median_steps_per_second", {})
+    if algo not in ("a2c", "dqn"):
         raise ValueError(f"algo must be 'a2c' or 'dqn', got {algo!r}")
+    side_key, own_key = {"a2c": ("a2c_fp32", "a2c_ale"), "dqn": ("dqn_hard_fp32", "dqn_hard_n1_B8")}[algo]
+    if side_key in side:  # a side-by-side figure names its own machine (it may differ from the file's)
+        key, value, machine = f"side_by_side {side_key}", side[side_key], last_side.get("machine", {})
+    else:
+        key, value, machine = own_key, sps.get(own_key), doc.get("machine", {})
     if not value:
         raise ValueError(f"bench: {path} has no {algo} throughput")
-    machine = doc.get("machine", {})
     what = f"{machine.get('cpu', '?')}, {machine.get('cores', '?')} cores, GPU {machine.get('gpu') or 'none'}"
     return Throughput(4 * float(value), f"{path.name} ({what}): {key} = {value:.0f} agent steps/s")
 
@@ -141,7 +151,7 @@ def throughput(bench: str | Path, algo: str) -> Throughput:
 def _frames_done(p: Planned) -> int:
     if p.action != "resume":
         return 0
-    return int((_read_json(Path(p.out) / "status.json") or {}).get("frames") or 0)
+    return int(RunFolder(p.out).status().get("frames") or 0)
 
 
 def estimate(planned: list[Planned], bench: str | Path, *, concurrent: int = 1, gpus: float = 0.0) -> dict[str, Any]:

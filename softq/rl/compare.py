@@ -291,6 +291,22 @@ def agreement_cells(row: dict[str, float]) -> list[str]:
     return [f"{row[c]:.10g}" for c in AGREEMENT_COLUMNS]
 
 
+@dataclass(frozen=True)
+class AgreementHook:
+    """A2C's measurement hook (:class:`softq.rl.agent.Hook`): :func:`agreement_row` before every ``every``-th update,
+    into ``agreement.csv``."""
+
+    every: int
+    file: str = "agreement.csv"
+    columns: tuple[str, ...] = AGREEMENT_COLUMNS
+
+    def due(self, agent: A2C) -> bool:
+        return agent.updates % self.every == 0
+
+    def row(self, agent: A2C) -> list[str]:
+        return agreement_cells(agreement_row(agent))
+
+
 def read_agreement(path: str | Path) -> dict[str, torch.Tensor]:
     """``agreement.csv`` (a file, or a folder holding one) as ``{column: float64 tensor}``."""
     path = Path(path)

@@ -60,12 +60,10 @@ records ``"replay_restored": false`` in ``config.json`` ("starts").
 
 from __future__ import annotations
 
-import dataclasses
-import math
 from collections import deque
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, fields
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -73,8 +71,8 @@ import torch.nn.functional as F
 
 from softq import config as softq_config
 from softq import losses, regularized
-from softq.rl.a2c import PRECISIONS, NonFiniteLoss, auto_torch_threads, restore_generator
-from softq.rl.envs import CLASSIC_ENVS, VecEnv, is_atari, make_env
+from softq.rl.agent import PRECISIONS, NonFiniteLoss, RunConfig, auto_torch_threads, restore_generator
+from softq.rl.envs import CLASSIC_ENVS, VecEnv, make_env
 from softq.rl.nets import make_q_net
 from softq.rl.replay import FrameReplay
 
@@ -113,8 +111,10 @@ COLUMNS = ("frames", "updates", "grad_steps", "episodes", "score_mean100", "scor
 
 
 @dataclass
-class Config:
+class Config(RunConfig):
     """Every setting of a DQN run; defaults: CleanRL's dqn_atari (module docstring). Bad values raise ValueError."""
+
+    ALGO: ClassVar[str] = "dqn"
 
     # what to run
     algo: str = "dqn"  # dqn (this Config) | a2c (softq.rl.a2c.Config)
@@ -155,50 +155,24 @@ class Config:
     time_limit_minutes: float = 0.0  # stop (after a checkpoint) when this much time has passed; 0: no limit
 
     def __post_init__(self) -> None:
-        def bad(name: str, why: str) -> ValueError:
-            return ValueError(f"{name} {why}, got {getattr(self, name)!r}")
-
-        if self.algo != "dqn":
-            raise bad("algo", "must be 'dqn' for softq.rl.dqn.Config")
         if self.target not in TARGETS:
-            raise bad("target", f"must be one of {TARGETS}")
-        if self.env not in CLASSIC_ENVS:
-            is_atari(self.env)
-        for name in ("seed", "env_threads", "torch_threads", "checkpoint_every", "learning_starts"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise bad(name, "must be an int >= 0")
-        for name in ("frames", "num_envs", "n_step", "buffer_size", "batch_size", "train_frequency",
-                     "target_update", "hidden", "log_every"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise bad(name, "must be an int >= 1")
-        for name in ("lr", "adam_eps", "tau"):
-            v = getattr(self, name)
-            if not (isinstance(v, int | float) and math.isfinite(v) and v > 0):
-                raise bad(name, "must be a finite number > 0")
-        for name in ("max_grad_norm", "checkpoint_minutes", "time_limit_minutes", "checkpoint_replay_mb"):
-            v = getattr(self, name)
-            if not (isinstance(v, int | float) and math.isfinite(v) and v >= 0):
-                raise bad(name, "must be a finite number >= 0")
-        for name in ("gamma", "eps_start", "eps_end", "exploration_fraction"):
-            v = getattr(self, name)
-            if not (isinstance(v, int | float) and 0 <= v <= 1):
-                raise bad(name, "must lie in [0, 1]")
+            raise self.bad("target", f"must be one of {TARGETS}")
+        self.check_common()
+        self.require("int>=0", "learning_starts")
+        self.require("int>=1", "num_envs", "n_step", "buffer_size", "batch_size", "train_frequency", "target_update")
+        self.require("number>0", "lr", "adam_eps", "tau")
+        self.require("number>=0", "max_grad_norm", "checkpoint_replay_mb")
+        self.require("unit", "eps_start", "eps_end", "exploration_fraction")
         if isinstance(self.schedule_frames, bool) or not isinstance(self.schedule_frames, int) \
                 or self.schedule_frames < -1:
-            raise bad("schedule_frames", "must be an int >= 0, or -1 (auto)")
-        if self.precision not in PRECISIONS:
-            raise bad("precision", f"must be one of {PRECISIONS}")
+            raise self.bad("schedule_frames", "must be an int >= 0, or -1 (auto)")
         if self.loss not in ("mse", "huber"):
-            raise bad("loss", "must be 'mse' or 'huber'")
+            raise self.bad("loss", "must be 'mse' or 'huber'")
         if self.cuda_graph not in ("auto", "on", "off"):
-            raise bad("cuda_graph", "must be 'auto', 'on' or 'off'")
+            raise self.bad("cuda_graph", "must be 'auto', 'on' or 'off'")
         if self.buffer_size // self.num_envs < self.n_step + 6:
-            raise bad("buffer_size", f"must hold at least {(self.n_step + 6) * self.num_envs} transitions "
-                                     f"(num_envs={self.num_envs}, n_step={self.n_step})")
-        if self.device != "auto":
-            softq_config.device(self.device)  # ValueError naming the device if it is unknown or absent
+            raise self.bad("buffer_size", f"must hold at least {(self.n_step + 6) * self.num_envs} transitions "
+                                          f"(num_envs={self.num_envs}, n_step={self.n_step})")
 
     @property
     def rule(self) -> str:
@@ -220,16 +194,6 @@ class Config:
     def steps_per_update(self) -> int:
         """Env steps per :meth:`DQN.step` (one vector step)."""
         return self.num_envs
-
-    def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Config:
-        unknown = set(d) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"config: unknown fields {sorted(unknown)}")
-        return cls(**d)
 
 
 def dqn_loss(q_taken: torch.Tensor, target: torch.Tensor, loss: str) -> torch.Tensor:
@@ -548,6 +512,10 @@ class DQN:
         return (f"non-finite {what} at gradient step <= {self.grad_steps} (vector step {self.updates}, frame "
                 f"{self.frames}) of dqn target={cfg.target} env={cfg.env} seed={cfg.seed}: stopped; checkpoint.pt, if "
                 "the run has written one, holds its last good state")
+
+    def hooks(self) -> list:
+        """DQN takes no measurement before its updates."""
+        return []
 
     def assert_finite(self) -> None:
         """Raise :class:`softq.rl.a2c.NonFiniteLoss` if a gradient step so far had a non-finite loss or gradient

@@ -23,19 +23,42 @@ returns the number that failed; a failing run does not stop the others.
 
 from __future__ import annotations
 
-import fcntl
-import json
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from softq.rl.runs import config_diff, launch, load_checkpoint
+from softq.rl.folder import RunFolder
+from softq.rl.runs import config_diff, launch
 
-__all__ = ["ACTIONS", "Planned", "plan_run", "plan", "describe", "fill", "is_locked"]
+__all__ = ["ACTIONS", "Planned", "expand", "plan_run", "plan", "describe", "fill"]
 
 ACTIONS = ("skip", "resume", "start", "restart", "failed", "busy")
 #: What :func:`fill` runs, and whether with ``--resume``.
 RUNS = {"resume": True, "start": False, "restart": False}
+
+
+def expand(base: Any, *, envs: list[str] | None = None, seeds: list[int] | None = None,
+           rules: list[str] | None = None, targets: list[str] | None = None, taus: list[float] | None = None,
+           n_steps: list[int] | None = None) -> list[Any]:
+    """The configs of a grid: ``base`` (an algorithm's config) with every env x seed x variant, seed-major within each
+    env (seed 0 of every variant first, so that a comparison exists early). Each list left out keeps ``base``'s
+    value. A2C's variants are its ``rules``; DQN's are ``targets`` x ``taus`` x ``n_steps``, where the standard
+    target ``hard`` has no temperature and takes ``base.tau`` once. Options of the other algorithm raise
+    ``ValueError`` naming them; so does a bad value (each config is validated)."""
+    if base.algo == "a2c":
+        if targets or taus or n_steps:
+            raise ValueError("targets, taus and n_steps are DQN options (algo dqn)")
+        variants = [{"rule": rule} for rule in rules or [base.rule]]
+    else:
+        if rules:
+            raise ValueError("rules is an A2C option; DQN takes targets, taus, n_steps")
+        variants = [{"target": target, "tau": tau, "n_step": n}
+                    for target in targets or [base.target]
+                    for tau in ([base.tau] if target == "hard" else taus or [base.tau])
+                    for n in n_steps or [base.n_step]]
+    return [dataclasses.replace(base, **variant, env=env, seed=seed)
+            for env in envs or [base.env] for seed in (seeds or [base.seed]) for variant in variants]
 
 
 @dataclass(frozen=True)
@@ -48,39 +71,17 @@ class Planned:
     why: str
 
 
-def is_locked(out: Path) -> bool:
-    """True if another process holds ``out/lock`` (a run training there now)."""
-    lock = Path(out) / "lock"
-    if not lock.exists():
-        return False
-    with open(lock, "a") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(f, fcntl.LOCK_UN)
-    return False
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        return None
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
-
-
 def plan_run(cfg, out: str | Path) -> Planned:
     """What :func:`fill` does with the run folder ``out`` for ``cfg`` (module docstring). Raises ValueError if the
     folder holds a run of another config."""
     out = Path(out)
-    if is_locked(out):
+    folder = RunFolder(out)
+    if folder.is_locked():
         return Planned(cfg, out, "busy", "another process is training it (its lock is held)")
-    saved = _read_json(out / "config.json")
-    status_json = _read_json(out / "status.json") or {}
+    saved = folder.config()
+    status_json = folder.status()
     status = status_json.get("status")
-    ckpt = out / "checkpoint.pt"
+    ckpt = folder.checkpoint_path
     if saved is not None:
         diff = config_diff(saved.get("config", {}), cfg)
         if diff:
@@ -93,7 +94,7 @@ def plan_run(cfg, out: str | Path) -> Planned:
         return Planned(cfg, out, "failed", f"failed earlier: {error}")
     if ckpt.exists():
         try:
-            state = load_checkpoint(ckpt)
+            state = folder.load_checkpoint()
         except ValueError as e:
             return Planned(cfg, out, "failed", str(e))
         diff = config_diff(state["config"], cfg)
@@ -101,7 +102,7 @@ def plan_run(cfg, out: str | Path) -> Planned:
             raise ValueError(f"{ckpt} is a checkpoint of another config: {diff} (saved, given)")
         done = state["agent"].get("updates")
         return Planned(cfg, out, "resume", f"checkpoint at update {done}" if done is not None else "checkpoint")
-    if saved is not None or (out / "progress.csv").exists():
+    if folder.holds_run():
         return Planned(cfg, out, "restart", f"a partial run ({status or 'no status'}) without a checkpoint: "
                                             "its logs are replaced by a fresh run")
     return Planned(cfg, out, "start", "no run yet")
@@ -124,19 +125,13 @@ def describe(planned: list[Planned]) -> str:
     return "\n".join(lines)
 
 
-def _clear(out: Path) -> None:
-    """Remove a partial run's logs (``restart``), so that :func:`softq.rl.runs.train` starts it afresh."""
-    for name in ("progress.csv", "status.json", "config.json", "agreement.csv"):
-        (out / name).unlink(missing_ok=True)
-
-
 def fill(planned: list[Planned], *, parallel: int = 1, progress: bool = True) -> int:
     """Run what :func:`plan` says is missing (``resume``, ``start``, ``restart``; ``parallel`` at once, cores
     split) and return the number of runs that failed, including those that had failed before."""
     todo = [p for p in planned if p.action in RUNS]
     for p in todo:
         if p.action == "restart":
-            _clear(p.out)
+            RunFolder(p.out).clear()
     failed = sum(p.action == "failed" for p in planned)
     if todo:
         failed += launch([(p.cfg, p.out) for p in todo], resume=[RUNS[p.action] for p in todo], parallel=parallel,

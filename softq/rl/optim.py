@@ -237,7 +237,7 @@ def gradient_report(names: list[str], square_avgs: list[Tensor], eps: float) -> 
 def checkpoint_gradient_report(path, eps: float | None = None) -> dict[str, Any]:
     """:func:`gradient_report` of a :mod:`softq.rl.runs` A2C checkpoint (its network's parameter names, its
     optimizer's ``square_avg``); ``eps`` defaults to the run's ``rms_eps``. Adds the run's update count."""
-    from softq.rl.runs import load_checkpoint
+    from softq.rl.folder import load_checkpoint
 
     state = load_checkpoint(path)
     agent, cfg = state["agent"], state["config"]

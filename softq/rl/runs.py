@@ -36,9 +36,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
-import fcntl
 import io
-import json
 import math
 import os
 import platform
@@ -53,38 +51,22 @@ from typing import Any
 import torch
 
 from softq import config as softq_config
-from softq.rl.a2c import A2C, Config, NonFiniteLoss, auto_torch_threads
+from softq.rl.agent import NonFiniteLoss, algorithm, auto_torch_threads, make_agent
 from softq.rl.envs import protocol
+from softq.rl.folder import RunBusy, RunFolder, load_checkpoint
 
-__all__ = ["COLUMNS", "RUN_CONTROL", "RunBusy", "load_checkpoint", "config_diff", "run_dir", "shown", "outcome",
+__all__ = ["RUN_CONTROL", "RunBusy", "load_checkpoint", "config_diff", "run_dir", "shown", "outcome",
            "versions", "machine", "config_class", "make_agent", "train", "launch", "train_many", "core_slots",
            "split_threads"]
 
-COLUMNS = ("frames", "updates", "episodes", "score_mean100", "score_count", "loss", "policy_loss", "value_loss",
-           "q_loss", "entropy", "kl", "grad_norm", "lr", "sps", "wall_s")
 #: Config fields that may change on --resume (they do not change what is computed).
 RUN_CONTROL = ("device", "env_threads", "torch_threads", "checkpoint_minutes", "checkpoint_every",
                "time_limit_minutes", "cuda_graph", "checkpoint_replay_mb", "agreement_every")
 
 
 def config_class(algo: str):
-    """The Config class of ``algo``: :class:`softq.rl.a2c.Config` or :class:`softq.rl.dqn.Config`."""
-    if algo == "a2c":
-        return Config
-    if algo == "dqn":
-        from softq.rl.dqn import Config as DQNConfig
-
-        return DQNConfig
-    raise ValueError(f"algo must be 'a2c' or 'dqn', got {algo!r}")
-
-
-def make_agent(cfg):
-    """The agent of ``cfg.algo``: :class:`softq.rl.a2c.A2C` or :class:`softq.rl.dqn.DQN`."""
-    if cfg.algo == "dqn":
-        from softq.rl.dqn import DQN
-
-        return DQN(cfg)
-    return A2C(cfg)
+    """The Config class of ``algo`` (:data:`softq.rl.agent.ALGORITHMS`)."""
+    return algorithm(algo).config
 
 
 def config_diff(saved: dict[str, Any], cfg) -> dict[str, tuple[Any, Any]]:
@@ -158,29 +140,6 @@ def outcome(result: dict[str, Any]) -> str:
     return f"{result['status']}: {result['frames']} frames, {result['episodes']} games, {score}"
 
 
-def _atomic_write_bytes(path: Path, write) -> None:
-    """Write ``path`` through ``path.tmp`` and ``os.replace``: the old file stays whole until the new one is; a
-    failed write (a full disk) removes the ``.tmp`` and raises."""
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    _atomic_write_bytes(path, lambda f: f.write((json.dumps(obj, indent=2, default=str) + "\n").encode()))
-
-
-def _status(out: Path, status: str, **extra: Any) -> None:
-    _write_json(out / "status.json", {"status": status, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), **extra})
-
-
 def _json_float(x: float) -> float | None:
     return None if isinstance(x, float) and not math.isfinite(x) else x
 
@@ -214,56 +173,6 @@ class _Stop:
             signal.signal(sig, old)
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """A run's ``checkpoint.pt`` (:func:`train` writes it). A file that cannot be read (cut short, overwritten,
-    not a checkpoint) raises ValueError naming it, never a raw unpickling traceback."""
-    path = Path(path)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # EOFError, pickle.UnpicklingError, RuntimeError (a broken zip), OSError
-        raise ValueError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e}). Move it away to restart "
-                         "the run from its beginning, or restore a good copy to resume it") from None
-    if not isinstance(state, dict) or not {"config", "agent", "log_bytes"} <= set(state):
-        raise ValueError(f"{path}: not a checkpoint of softq.rl.runs (no config, agent or log_bytes in it)")
-    return state
-
-
-def _cut_log(path: Path, size: int, what: str) -> str | None:
-    """Cut ``path`` back to the ``size`` bytes it had at the checkpoint; say how many rows went. A log shorter than
-    that (cut by hand or by a full disk) raises ValueError: extending it would pad it with NUL bytes."""
-    have = path.stat().st_size if path.exists() else 0
-    if have < size:
-        raise ValueError(f"--resume: {path} has {have} bytes, fewer than the {size} it had at the checkpoint: the "
-                         f"{what} lost rows after the checkpoint was taken; restore it, or start the run afresh in "
-                         "another folder")
-    if have == size:
-        return None
-    with open(path, "r+b") as f:
-        f.seek(size)
-        dropped = f.read().count(b"\n")
-        f.truncate(size)
-    return f"{path.name}: {dropped} row(s) written after the checkpoint dropped"
-
-
-class RunBusy(RuntimeError):
-    """Another process is training the same run folder (it holds ``out/lock``)."""
-
-
-@contextlib.contextmanager
-def _locked(out: Path):
-    """Hold an exclusive ``flock`` on ``out/lock`` (released when the process ends, however it ends)."""
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / "lock", "a") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise RunBusy(f"{out} is being trained by another process (it holds {out / 'lock'})") from None
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def train(cfg, out: str | Path, *, resume: bool = False, progress: bool = True) -> dict[str, Any]:
     """Train one run into ``out`` (layout in the module docstring); returns the final status dict.
 
@@ -276,15 +185,16 @@ def train(cfg, out: str | Path, *, resume: bool = False, progress: bool = True) 
     Raises :class:`NonFiniteLoss`.
     """
     out = Path(out)
-    with _locked(out):
+    with RunFolder(out).locked():
         return _train(cfg, out, resume=resume, progress=progress)
 
 
 def _train(cfg, out: Path, *, resume: bool, progress: bool) -> dict[str, Any]:
-    ckpt_path, log_path, cfg_path = out / "checkpoint.pt", out / "progress.csv", out / "config.json"
+    folder = RunFolder(out)
+    ckpt_path, log_path, cfg_path = folder.checkpoint_path, folder.progress_path, folder.config_path
     state = None
     if resume and ckpt_path.exists():
-        state = load_checkpoint(ckpt_path)
+        state = folder.load_checkpoint()
         diff = config_diff(state["config"], cfg)
         if diff:
             raise ValueError(f"--resume: config differs from the checkpoint's in {diff} (saved, given)")
@@ -297,29 +207,33 @@ def _train(cfg, out: Path, *, resume: bool, progress: bool) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
 
     agent = make_agent(cfg)
-    columns = getattr(agent, "columns", COLUMNS)
+    columns = agent.columns
+    hooks = agent.hooks()
     envs_restored = None  # a fresh start restores nothing
     starts = []
     if state is not None:
-        cuts = [_cut_log(log_path, state["log_bytes"], "progress log")]
-        if (out / "agreement.csv").exists() or state.get("agreement_bytes", 0):
-            cuts.append(_cut_log(out / "agreement.csv", state.get("agreement_bytes", 0), "agreement log"))
+        cuts = [folder.cut_log(folder.PROGRESS, state["log_bytes"], "progress log")]
+        # every hook's log, and any the checkpoint recorded (a hook's CSV of the run, cut to the checkpoint too)
+        saved = {f"{k.removesuffix('_bytes')}.csv" for k in state if k.endswith("_bytes") and k != "log_bytes"}
+        for name in sorted({h.file for h in hooks} | saved):
+            stem = Path(name).stem
+            if (out / name).exists() or state.get(f"{stem}_bytes", 0):
+                cuts.append(folder.cut_log(name, state.get(f"{stem}_bytes", 0), f"{stem} log"))
         for cut in filter(None, cuts):
             print(f"[{shown(out)}] resumed from the checkpoint: {cut}", file=sys.stderr)
         envs_restored = agent.load_state_dict(state["agent"])
-        if cfg_path.exists():
-            starts = json.loads(cfg_path.read_text()).get("starts", [])
+        starts = (folder.config() or {}).get("starts", [])
     starts.append({"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "update": agent.updates,
                    "envs_restored": envs_restored, "command": _command(cfg, out, state is not None),
-                   **getattr(agent, "info", {})})
-    _write_json(cfg_path, {"config": cfg.as_dict(), "versions": versions(), "device": str(agent.device),
+                   **agent.info})
+    folder.write_json(folder.CONFIG, {"config": cfg.as_dict(), "versions": versions(), "device": str(agent.device),
                            "machine": machine(), "protocol": protocol(agent.env),
                            "frames_per_step": agent.env.frames_per_step,
                            "total_updates": agent.total_updates, "starts": starts})
     if envs_restored is False:
         print(f"[{shown(out)}] resumed at update {agent.updates}: Atari emulator states are not saved, the games in "
               "progress were lost and new games started", file=sys.stderr)
-    if state is not None and getattr(agent, "info", {}).get("replay_restored") is False:
+    if state is not None and agent.info.get("replay_restored") is False:
         print(f"[{shown(out)}] resumed at update {agent.updates}: the replay was not saved (too large); it refills "
               f"with {agent.info['replay_refill_env_steps']} fresh env steps before training goes on", file=sys.stderr)
     new_log = state is None
@@ -328,20 +242,19 @@ def _train(cfg, out: Path, *, resume: bool, progress: bool) -> dict[str, Any]:
     last_ckpt = time.perf_counter()
     last_row_t, last_row_updates = time.perf_counter(), agent.updates
 
-    agreement_every = getattr(cfg, "agreement_every", 0)
-    agreement_file = None
+    hook_files: dict[str, Any] = {}  # hook file name -> open file
 
     def save_checkpoint(log_file) -> None:
         log_file.flush()
-        if agreement_file is not None:
-            agreement_file.flush()
+        for f in hook_files.values():
+            f.flush()
         agent.assert_finite()  # NonFiniteLoss: a spoiled state never replaces the last good checkpoint
         payload = {"config": cfg.as_dict(), "agent": agent.state_dict(), "log_bytes": log_file.tell(),
-                   "agreement_bytes": agreement_file.tell() if agreement_file is not None else 0,
+                   **{f"{Path(name).stem}_bytes": f.tell() for name, f in hook_files.items()},
                    "wall_s": wall0 + time.perf_counter() - t_start}
-        _atomic_write_bytes(ckpt_path, lambda f: torch.save(payload, f))
+        folder.save_checkpoint(payload)
 
-    _status(out, "running", update=agent.updates)
+    folder.write_status("running", update=agent.updates)
     if progress:  # tqdm.auto picks the notebook bar in Jupyter (which warns without ipywidgets): only when shown
         from tqdm.auto import tqdm
     else:
@@ -357,27 +270,28 @@ def _train(cfg, out: Path, *, resume: bool, progress: bool) -> dict[str, Any]:
             writer = csv.writer(log_file)
             if new_log:
                 writer.writerow(columns)
-            if agreement_every:
-                from softq.rl.compare import AGREEMENT_COLUMNS, agreement_cells, agreement_row
-
-                agreement_path = out / "agreement.csv"
-                fresh = new_log or not agreement_path.exists() or agreement_path.stat().st_size == 0
-                agreement_file = files.enter_context(open(agreement_path, "w" if fresh else "a", newline=""))
-                agreement_writer = csv.writer(agreement_file)
+            hook_writers = {}
+            for h in hooks:
+                path = out / h.file
+                fresh = new_log or not path.exists() or path.stat().st_size == 0
+                hook_files[h.file] = files.enter_context(open(path, "w" if fresh else "a", newline=""))
+                hook_writers[h.file] = csv.writer(hook_files[h.file])
                 if fresh:
-                    agreement_writer.writerow(AGREEMENT_COLUMNS)
+                    hook_writers[h.file].writerow(h.columns)
             while agent.updates < agent.total_updates:
                 try:
-                    if agreement_every and agent.updates % agreement_every == 0:
+                    measuring = [h for h in hooks if h.due(agent)]
+                    if measuring:
                         agent.collect()  # measure on the batch the update is about to use, then update
-                        agreement_writer.writerow(agreement_cells(agreement_row(agent)))
-                        agreement_file.flush()
+                        for h in measuring:
+                            hook_writers[h.file].writerow(h.row(agent))
+                            hook_files[h.file].flush()
                         stats = agent.update()
                     else:
                         stats = agent.step()
                 except NonFiniteLoss as e:
                     log_file.flush()
-                    _status(out, "failed", error=str(e))
+                    folder.write_status("failed", error=str(e))
                     raise
                 bar.update(agent.frames_per_update)
                 now = time.perf_counter()
@@ -392,7 +306,7 @@ def _train(cfg, out: Path, *, resume: bool, progress: bool) -> dict[str, Any]:
                     log_file.flush()  # a long run can be watched: every row is on disk when it is written
                     bar.set_postfix(score=f"{agent.score_mean():.1f}", sps=f"{sps:.0f}")
                     left = (agent.total_updates - agent.updates) * cfg.steps_per_update / max(sps, 1e-9)
-                    _status(out, "running", update=agent.updates, frames=agent.frames,
+                    folder.write_status("running", update=agent.updates, frames=agent.frames,
                             total_frames=agent.total_updates * agent.frames_per_update,
                             score_mean100=_json_float(agent.score_mean()), score_count=len(agent.scores),
                             steps_per_s=round(sps, 1), frames_per_s=round(sps * agent.env.frames_per_step, 1),
@@ -404,7 +318,7 @@ def _train(cfg, out: Path, *, resume: bool, progress: bool) -> dict[str, Any]:
                     try:
                         save_checkpoint(log_file)
                     except NonFiniteLoss as e:
-                        _status(out, "failed", error=str(e))
+                        folder.write_status("failed", error=str(e))
                         raise
                     last_ckpt = time.perf_counter()
                 if (timed_out or stop.requested) and not last:
@@ -414,7 +328,7 @@ def _train(cfg, out: Path, *, resume: bool, progress: bool) -> dict[str, Any]:
         raise
     except Exception as e:  # e.g. a full disk: the status must not stay "running"
         with contextlib.suppress(Exception):
-            _status(out, "failed", error=f"{type(e).__name__}: {e}", update=agent.updates)
+            folder.write_status("failed", error=f"{type(e).__name__}: {e}", update=agent.updates)
         raise
     finally:
         bar.close()
@@ -422,7 +336,7 @@ def _train(cfg, out: Path, *, resume: bool, progress: bool) -> dict[str, Any]:
     wall = wall0 + time.perf_counter() - t_start
     result = {"status": status, "update": agent.updates, "frames": agent.frames, "episodes": agent.episodes,
               "score_mean100": agent.score_mean()}
-    _status(out, status, **{k: v for k, v in result.items() if k != "status"},
+    folder.write_status(status, **{k: v for k, v in result.items() if k != "status"},
             score_count=len(agent.scores), wall_s=round(wall, 1),
             frames_per_s=round(agent.frames / wall, 1) if wall > 0 else None)
     return result
@@ -505,8 +419,7 @@ def train_many(runs: list[tuple[Any, Path]], *, parallel: int | None = None) -> 
         launch(runs, resume=False, parallel=parallel, progress=False)
     statuses, failed = [], []
     for _, out in runs:
-        path = Path(out) / "status.json"
-        status = json.loads(path.read_text()) if path.exists() else {"status": "never started"}
+        status = RunFolder(out).status() or {"status": "never started"}
         statuses.append(status)
         if status.get("status") != "done":
             failed.append(f"{shown(out)}: {status.get('status')} {status.get('error', '')}".rstrip())

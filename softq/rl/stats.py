@@ -76,7 +76,7 @@ def final_scores(experiment: str | Path, rules, *, frames: float | None = None, 
     """``{rule: {seed: y at frames}}`` from the runs of ``experiment`` (:func:`softq.plots.read_runs`). ``frames``:
     a point every run has logged; default the last point common to every run of every rule
     (:func:`common_end`). A run without a row at ``frames`` raises ValueError naming it."""
-    from softq.plots import read_runs
+    from softq.rl.folder import read_runs
 
     runs = {rule: read_runs(experiment, rule, y=y) for rule in rules}
     empty = [r for r, v in runs.items() if not v]
@@ -98,7 +98,7 @@ def final_scores(experiment: str | Path, rules, *, frames: float | None = None, 
 
 def common_end(experiment: str | Path, rules) -> float:
     """The last frame count that every run of every rule in ``experiment`` has logged."""
-    from softq.plots import read_runs
+    from softq.rl.folder import read_runs
 
     ends = [float(xs[-1]) for r in rules for xs, _ in read_runs(experiment, r).values()]
     if not ends:
@@ -134,26 +134,30 @@ def improvement_probability(x: dict[int, float] | list[float], y: dict[int, floa
     return float(point["p"]), float(interval["p"][0, 0]), float(interval["p"][1, 0])
 
 
-def _poi(x, y, axis=-1):
+def _poi(x, y):
     """P(X > Y) + P(X = Y) / 2 over all pairs of the last axes of ``x [..., n]`` and ``y [..., m]``."""
     return ((x[..., :, None] > y[..., None, :]) + 0.5 * (x[..., :, None] == y[..., None, :])).mean(axis=(-1, -2))
 
 
 def permutation_pvalue(x: dict[int, float] | list[float], y: dict[int, float] | list[float]) -> tuple[float, float]:
-    """``(p, smallest)``: the exact two-sided permutation p-value of ``P(X > Y) = 1/2`` (every split of the pooled
-    runs into groups of the two sizes is equally likely under the null), and the smallest p-value these group sizes
-    can give, ``2 / C(n + m, n)`` (1 for one run a side)."""
+    """``(p, smallest)``: the exact two-sided permutation p-value of ``P(X > Y) = 1/2`` and the smallest p-value these
+    group sizes can give, ``2 / C(n + m, n)`` (1 for one run a side). Under the null every split of the pooled runs
+    into groups of the two sizes is equally likely; ``p`` is the fraction of the ``C(n + m, n)`` splits whose
+    probability of improvement lies at least as far from 1/2 as the observed one (every split enumerated; a grid of
+    seeds is small)."""
+    from itertools import combinations
     from math import comb
-
-    from scipy.stats import permutation_test
 
     a, b = _column(x).ravel(), _column(y).ravel()
     smallest = min(1.0, 2 / comb(len(a) + len(b), len(a)))
-    if len(a) < 2 and len(b) < 2:
-        return 1.0, smallest
-    result = permutation_test((a, b), _poi, permutation_type="independent", vectorized=True,
-                              alternative="two-sided", n_resamples=np.inf)
-    return float(min(1.0, result.pvalue)), smallest
+    pooled = np.concatenate([a, b])
+    splits = np.array(list(combinations(range(len(pooled)), len(a))))  # [C(n + m, n), n]
+    first = np.zeros((len(splits), len(pooled)), dtype=bool)
+    first[np.arange(len(splits))[:, None], splits] = True
+    xs = pooled[None].repeat(len(splits), 0)[first].reshape(len(splits), len(a))
+    ys = pooled[None].repeat(len(splits), 0)[~first].reshape(len(splits), len(b))
+    far = np.abs(_poi(xs, ys) - 0.5) >= abs(float(_poi(a[None], b[None])[0]) - 0.5) - 1e-12
+    return float(min(1.0, far.mean())), smallest
 
 
 def score_comparison(experiment: str | Path, rules, comparisons, *, frames: float | None = None,
@@ -169,7 +173,8 @@ def score_comparison(experiment: str | Path, rules, comparisons, *, frames: floa
     for rule in rules:
         m, lo, hi = means[rule]
         seeds = ", ".join(f"{v:+.1f}" for _, v in sorted(scores[rule].items()))
-        text.append(f"  {rule:>7}: mean {m:+.1f}, 95% CI [{lo:+.1f}, {hi:+.1f}]; seeds {sorted(scores[rule])}: {seeds}")
+        interval = f"95% CI [{lo:+.1f}, {hi:+.1f}]" if len(scores[rule]) > 1 else "no interval from one seed"
+        text.append(f"  {rule:>7}: mean {m:+.1f}, {interval}; seeds {sorted(scores[rule])}: {seeds}")
     improvement = {}
     for x, y in comparisons:
         p, lo, hi = improvement[x, y] = improvement_probability(scores[x], scores[y], reps=reps)
@@ -182,5 +187,6 @@ def score_comparison(experiment: str | Path, rules, comparisons, *, frames: floa
                        f"test: p = {pvalue:.2f}, and at best {smallest:.2f})")
         else:
             verdict = f"these seeds support no ranking (exact permutation test, p = {pvalue:.2f})"
-        text.append(f"  P({x} > {y}) = {p:.2f}, 95% CI [{lo:.2f}, {hi:.2f}] over {n} x {m} pairs of runs; {verdict}")
+        interval = f"95% CI [{lo:.2f}, {hi:.2f}]" if n > 1 or m > 1 else "no interval from one pair"
+        text.append(f"  P({x} > {y}) = {p:.2f}, {interval} over {n} x {m} pairs of runs; {verdict}")
     return {"frames": at, "scores": scores, "means": means, "improvement": improvement, "text": text}
