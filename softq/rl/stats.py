@@ -10,10 +10,10 @@ and every comparison of two rules as a probability of improvement with its inter
 - :func:`improvement_probability`: ``P(X > Y)`` for a run ``X`` of one rule and ``Y`` of another, ties counted
   one half (``rliable.metrics.probability_of_improvement``), with the same kind of interval;
 - :func:`permutation_pvalue`: the exact two-sided permutation test of ``P(X > Y) = 1/2`` over every relabelling of
-  the runs (``scipy.stats.permutation_test``). A bootstrap interval over three seeds can exclude 1/2 by chance
-  (three runs of one rule above three of the other happen with probability 1/10 when the rules are the same), so
-  :func:`score_comparison` names a ranking only when this test rejects at 5%: with three seeds a side it never can
-  (its smallest p-value is 2 / C(6, 3) = 0.1), and the text says so.
+  the runs (every split enumerated: one run a side works too). A bootstrap interval over three seeds can exclude
+  1/2 by chance (three runs of one rule above three of the other happen with probability 1/10 when the rules are
+  the same), so :func:`score_comparison` names a ranking only when this test rejects at 5%: with three seeds a side
+  it never can (its smallest p-value is 2 / C(6, 3) = 0.1), and the text says so.
 
 The bootstrap resamples the seeds of each rule with replacement (rliable's stratified bootstrap over one task),
 with a fixed ``numpy.random.RandomState`` so that a rebuilt book prints the same interval. :data:`METHOD` names
