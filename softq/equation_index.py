@@ -8,7 +8,8 @@ and whether it holds as typed (no erratum record) or not (the erratum records an
 Where the records come from (:func:`collect_records`), per chapter, first match wins:
 
 1. ``build/checks/<chapter>.jsonl``, written by ``make book`` / ``python -m softq.book`` (full or smoke), if it is
-   newer than the chapter and than every ``softq/*.py`` file it may depend on;
+   newer than the chapter and than every ``softq/*.py`` file it may depend on; in a build into another folder,
+   ``python -m softq.book --out DIR``, first ``DIR/checks/<chapter>.jsonl``, under the same rule;
 2. ``build/nbval/checks/<chapter>.jsonl``, written by ``make test``'s smoke runs of the chapters through nbval
    (:mod:`softq.nbval_records`), which run in sorted order, so before the appendix;
 3. ``build/appendix-smoke/checks/<chapter>.jsonl``, an earlier run of (4), under the same freshness rule;
@@ -17,6 +18,13 @@ Where the records come from (:func:`collect_records`), per chapter, first match 
 
 Smoke mode makes every check a chapter makes (it only shrinks sample sizes), so the index is complete either way;
 residuals of sampling checks are then those of the smaller samples.
+
+Every erratum is classified (:data:`ERRATUM_CLASSES`, looked up by :func:`classify`): a *typo* (the typeset
+equation is wrong), a *convention* the paper leaves implicit (the equation holds under a reading its notation does not
+state, such as which factors a gradient holds fixed), or a *sentence* (the claim that fails is in the prose around an
+equation, not in the equation). Where the discrepancy could be an artifact of the text extraction the book reads the
+paper from, rather than of the typeset paper, the class says why. An erratum without a class makes :func:`errata`
+raise. :func:`counts_sentence` is the one sentence of counts that the appendix and the preface print.
 """
 
 from __future__ import annotations
@@ -41,10 +49,21 @@ __all__ = [
     "collect_records",
     "EquationRow",
     "equation_index",
+    "TYPO",
+    "CONVENTION",
+    "SENTENCE",
+    "KINDS",
+    "ErratumClass",
+    "ERRATUM_CLASSES",
+    "classify",
     "Erratum",
     "errata",
+    "errata_counts",
+    "read_checks_json",
+    "counts_sentence",
     "markdown_index",
     "markdown_errata",
+    "markdown_errata_counts",
     "escape_cell",
 ]
 
@@ -171,15 +190,23 @@ def collect_records(
     run_missing: bool = True,
     timeout: int = 600,
     package: Path = ROOT / "softq",
+    this_build: Path | None = None,
     log=print,
 ) -> list[ChapterRecords]:
     """The records of each chapter file in ``chapters`` (``notebooks/NN_*.md``), from the freshest source (see the
-    module docstring). ``cache`` defaults to ``build / "appendix-smoke"``. With ``run_missing=False`` a chapter
-    without fresh records raises ValueError instead of being run. A chapter that fails when run here is returned
-    with its ``error`` and whatever records it made before failing."""
+    module docstring). ``cache`` defaults to ``build / "appendix-smoke"``. ``this_build`` is the output folder of the
+    build that runs the caller, looked at first; by default the folder above ``$SOFTQ_CHECKS_FILE``'s, when that is
+    set (``python -m softq.book --out DIR`` writes the chapters' records to ``DIR/checks/``). With
+    ``run_missing=False`` a chapter without fresh records raises ValueError instead of being run. A chapter that fails
+    when run here is returned with its ``error`` and whatever records it made before failing."""
     from softq.book import run_chapter
 
     cache = build / "appendix-smoke" if cache is None else cache
+    if this_build is None and os.environ.get("SOFTQ_CHECKS_FILE"):
+        this_build = Path(os.environ["SOFTQ_CHECKS_FILE"]).resolve().parent.parent
+    sources = [("book", build), ("nbval smoke run", build / "nbval"), ("appendix cache", cache)]
+    if this_build is not None and Path(this_build).resolve() not in {Path(f).resolve() for _, f in sources}:
+        sources.insert(0, ("this build", Path(this_build)))
     if isinstance(timeout, bool) or not isinstance(timeout, int) or timeout <= 0:
         raise ValueError(f"timeout must be a positive int (seconds per cell), got {timeout!r}")
     code_mtime = _code_mtime(package)
@@ -189,7 +216,7 @@ def collect_records(
         if not md.exists():
             raise ValueError(f"chapters: no such chapter file {md}")
         name = md.stem
-        for source, folder in (("book", build), ("nbval smoke run", build / "nbval"), ("appendix cache", cache)):
+        for source, folder in sources:
             path = folder / "checks" / f"{name}.jsonl"
             if _fresh(path, md, code_mtime):
                 out.append(ChapterRecords(name, source, path, _read(path)))
@@ -273,10 +300,147 @@ def equation_index(records: Iterable[dict], n_equations: int = N_EQUATIONS) -> l
     return list(rows.values())
 
 
+# --- what kind of erratum ---------------------------------------------------------------------------------------
+
+TYPO, CONVENTION, SENTENCE = "typo", "convention", "sentence"
+KINDS = (TYPO, CONVENTION, SENTENCE)
+_PLURAL = {TYPO: "typos", CONVENTION: "conventions", SENTENCE: "sentences"}
+
+
+@dataclass(frozen=True)
+class ErratumClass:
+    """What kind of mistake an erratum documents, decided by reading the paper's text around the equation and the
+    chapter's check.
+
+    ``kind``: :data:`TYPO` (the typeset equation is wrong), :data:`CONVENTION` (the equation holds under a reading its
+    notation leaves implicit, e.g. which factors a gradient holds fixed) or :data:`SENTENCE` (the claim that fails is
+    in the prose around the equation, not in the equation). ``note``: why, in one line. ``extraction``: None, or one
+    line on how the discrepancy could be an artifact of the text extraction (a dropped glyph) rather than of the
+    typeset paper, which only the typeset PDF can settle."""
+
+    kind: str
+    note: str
+    extraction: str | None = None
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"ErratumClass: kind must be one of {KINDS}, got {self.kind!r}")
+        if not self.note.strip():
+            raise ValueError("ErratumClass: a class needs its reason (note)")
+
+
+_FIG2 = "the extraction does drop tau (Figure 2's legend reads 'soft (ent), = 0.1')"
+
+# Every erratum the chapters record, keyed by (equation number, a prefix of its description): the description starts
+# with the prefix (the whole text works too). A new erratum, or a reworded one, must be added here: errata() raises.
+ERRATUM_CLASSES: dict[tuple[int | None, str], ErratumClass] = {
+    (11, "the /tau is outside exp"): ErratumClass(
+        TYPO, "typed exp(q_theta(a))/tau: the /tau stands outside exp, where eq (10) just above has exp(q/tau); a "
+              "moved bracket, not a dropped glyph"),
+    (11, "with the typed v, eq (12) is not normalised"): ErratumClass(
+        TYPO, "consequence of eq (11)'s misplaced /tau: eq (12) itself is typed right"),
+    (22, "the last nabla must act on the leading v_theta"): ErratumClass(
+        CONVENTION, "the nabla before E over the theta-dependent pi^B does not say that only the leading v_theta is "
+                    "differentiated; with that semi-gradient reading (22) holds"),
+    (23, "the value-error nabla must be a semi-gradient"): ErratumClass(
+        CONVENTION, "the notation does not say that the value-error nabla holds the sampling policy and the target "
+                    "r - tau KL fixed (the policy-gradient nabla is the full derivative); so read, (23) holds"),
+    (31, "expectation is under pi^B_{q_theta}"): ErratumClass(
+        TYPO, "subscript q_theta left over from Section 2's eq (13); Section 3 has no q_theta, and the extraction "
+              "gives pi^B_Q as 'πBQ' in the same line"),
+    (37, "the bootstrap gamma^n V(s_n) is counted twice"): ErratumClass(
+        TYPO, "gamma^n V(s_n) stands where V(s_0) belongs: a term replaced, not a glyph dropped; eq (54)'s right side "
+              "has the right form"),
+    (38, "the inner term must be Q(s', a')"): ErratumClass(
+        TYPO, "Q(s, a) inside E_{a'}: the expectation is vacuous and (*) -> (**) fails",
+        extraction="two primes missing, and a prime is a small glyph an extraction can drop; but the same line keeps "
+                   "a' and s', and (39) keeps Q(s', a')"),
+    (38, "G_Q is the greedy policy"): ErratumClass(
+        TYPO, "G_Q is Section 3.2's argmax policy (the same 'GQ' glyphs there); (*) -> (**) needs pi^B_Q, which the "
+              "paper calls 'analogous to the greedy policy'"),
+    (43, "starts from Q(s,a)"): ErratumClass(
+        TYPO, "Q(s,a) where tau KL(s) + V_Q(s) belongs ('by comparing terms'); eq (47) starts right"),
+    (46, "bootstrap discounted by gamma^(t+n)"): ErratumClass(
+        TYPO, "exponent t+n (an extraction does not add 't+'); eq (47) on the next line equals (46) only with "
+              "gamma^n"),
+    (52, "eq (52) omits the -tau grad KL(s_t) term"): ErratumClass(
+        TYPO, "the -tau grad KL(s_t) of (49)-(50) is absent from the estimator the text offers for g_gamma; a whole "
+              "term, and (79)-(80) do write a KL-gradient term"),
+    (54, "the KL terms are missing from the rewards"): ErratumClass(
+        TYPO, "the middle of (54) has r without -tau KL and gamma^d V(s_{t+d}) for gamma^n V(s_{t+n}); its right "
+              "side is right"),
+    (58, "(59) holds only if"): ErratumClass(
+        CONVENTION, "(59) is the semi-gradient of (58), as Q-learning implementations compute it; the annotation "
+                    "names only the state distribution as fixed, not a_t's, the later actions' or the target"),
+    (60, "sign of tau KL"): ErratumClass(
+        TYPO, "- tau KL inside the bracket where (46)-(47) give +; (61), the next line, uses the right sign"),
+    (63, "(*) and (**) need minus signs"): ErratumClass(
+        TYPO, "both KL terms typed with + where expanding (62) gives -"),
+    (63, "the log is missing"): ErratumClass(
+        SENTENCE, "the justification of (**) under (63) ('vanishes because E[pi/pibar] = KL'), not the numbered "
+                  "equation",
+        extraction="a missing log in front of a fraction split over lines; (63) itself keeps such logs, but only the "
+                   "PDF can tell"),
+    (64, "the first term is +tau^2 grad KL"): ErratumClass(
+        TYPO, "-tau^2 grad KL where eq (21) gives +; (65) has +"),
+    (71, "log(pi_theta/pibar) in the bracket"): ErratumClass(
+        TYPO, "(70)'s pi_theta kept in the bracket though its KL was changed to pi_theta_old (and 'θold' survives "
+              "there); held fixed at theta_old it would hold, but the text says (71) computes F^-1 g"),
+    (73, "the target of (73) is log pibar"): ErratumClass(
+        SENTENCE, "'Evidently, we are regressing log pi_theta towards log pi_theta_old + Delta/tau + KL', the "
+                  "sentence after (73); (72)-(73) hold"),
+    (78, "Q = V + tau log(pi/pibar)"): ErratumClass(
+        TYPO, "middle line V + log(pi/pibar) for V + tau log(pi/pibar) (eq 57); the last line follows from it "
+              "without tau, so the algebra was done without it: not an extraction drop"),
+    (78, "with the tau's restored"): ErratumClass(
+        TYPO, "the last line lacks the factor tau (step eps/tau): a consequence of the middle line's missing tau"),
+    (78, "(78) has pi_theta_old in the bracket"): ErratumClass(
+        SENTENCE, "'which exactly matches the expression in (71)', the sentence after (78): true only of (71) "
+                  "corrected"),
+    (79, "no bootstrap and the wrong sign on the KL term"): ErratumClass(
+        TYPO, "+ tau grad KL where the estimator needs -, and no gamma^n V(s_{t+n}); the bootstrap alone might be "
+              "left implicit, the sign cannot"),
+    (80, "no bootstrap and the wrong sign on the KL term"): ErratumClass(
+        TYPO, "as (79): + tau grad KL where the estimator needs -, and no bootstrap gamma^n V(s_{t+n})"),
+    (82, "factors tau missing and -log|A| outside the discount"): ErratumClass(
+        TYPO, "gamma log sum exp(Q/tau) - log|A|: no factor tau, and -log|A| outside gamma",
+        extraction=f"the tau before log could be a dropped glyph ({_FIG2}); -log|A| outside the discount cannot"),
+    (83, "factor tau missing"): ErratumClass(
+        TYPO, "gamma log sum exp(Q/tau): no factor tau before log, so y is not in the units of Q",
+        extraction=f"a tau between gamma and log could be a dropped glyph ({_FIG2}), though tau inside exp survives"),
+    (83, "without the factor tau the target grows"): ErratumClass(
+        TYPO, "consequence of the missing factor tau: the typed target does not tend to eq (81) as tau -> 0",
+        extraction=f"as for the missing tau of (83) ({_FIG2})"),
+    (86, "with 1/gamma the expected update"): ErratumClass(
+        SENTENCE, "'we scale gradients that go into advantage stream by 1/gamma', after (86); (84)-(86) hold. The "
+                  "extraction renders gamma and tau distinctly (c = 1/tau just before)"),
+    (87, "the term multiplying tau has mean (tau - 1) S"): ErratumClass(
+        TYPO, "tau S inside tau(...) where PGQ has S: the text's 'expectation zero under pi' needs S; an extraction "
+              "does not add a tau"),
+    (87, "tau S inside the parentheses must be S"): ErratumClass(
+        TYPO, "as above, at the optimum of an MDP: the inner tau S must be S"),
+}
+
+
+def classify(eq: int | None, description: str,
+             classes: dict[tuple[int | None, str], ErratumClass] | None = None) -> ErratumClass:
+    """The class of the erratum of equation ``eq`` described by ``description``: the one entry of ``classes``
+    (default :data:`ERRATUM_CLASSES`) with that equation number whose prefix starts the description. ValueError if
+    there is none (classify the new erratum) or more than one (make the prefixes distinctive)."""
+    classes = ERRATUM_CLASSES if classes is None else classes
+    found = [c for (e, prefix), c in classes.items() if e == eq and description.startswith(prefix)]
+    if len(found) != 1:
+        what = "no class" if not found else f"{len(found)} classes (the prefixes are not distinctive)"
+        raise ValueError(f"the erratum of eq {eq} has {what}: {description!r}. Add one (eq, prefix) entry for it to "
+                         f"softq.equation_index.ERRATUM_CLASSES, with its kind ({', '.join(KINDS)}) and reason")
+    return found[0]
+
+
 @dataclass
 class Erratum:
-    """A typed equation found wrong: the erratum record (``typed_residual`` is how far the typed form is off), and
-    the check of the corrected form recorded after it (see :func:`_corrected_form`), or None if there is none."""
+    """A typed equation found wrong: the erratum record (``typed_residual`` is how far the typed form is off), the
+    check of the corrected form recorded after it (see :func:`_corrected_form`), or None if there is none, and the
+    erratum's class (:class:`ErratumClass`, from :func:`classify`)."""
 
     eq: int | None
     chapter: str
@@ -285,6 +449,9 @@ class Erratum:
     typed_residual: float
     corrected_label: str | None
     corrected_residual: float | None
+    kind: str
+    note: str
+    extraction: str | None
 
 
 def _corrected_form(erratum: dict, later: list[dict]) -> dict | None:
@@ -298,10 +465,13 @@ def _corrected_form(erratum: dict, later: list[dict]) -> dict | None:
     return (named or untyped or [None])[0]
 
 
-def errata(records: Iterable[dict]) -> list[Erratum]:
-    """Every distinct (chapter, equation, description) erratum in the records, in record order."""
+def errata(records: Iterable[dict],
+           classes: dict[tuple[int | None, str], ErratumClass] | None = None) -> list[Erratum]:
+    """Every distinct (chapter, equation, description) erratum in the records, in record order, each with its class
+    from ``classes`` (default :data:`ERRATUM_CLASSES`). Raises ValueError naming every erratum that has no class (or
+    more than one), so that a new erratum cannot go unclassified."""
     records = _validate(records)
-    out, seen = [], set()
+    out, seen, unclassified = [], set(), []
     for i, r in enumerate(records):
         if not r["erratum"] or not r["passed"]:
             continue
@@ -309,10 +479,59 @@ def errata(records: Iterable[dict]) -> list[Erratum]:
         if key in seen:
             continue
         seen.add(key)
+        eq = equation_number(r)
+        try:
+            cls = classify(eq, r["erratum"], classes)
+        except ValueError as err:
+            unclassified.append(f"{r['chapter']}: {err}")
+            continue
         fix = _corrected_form(r, records[i + 1:])
-        out.append(Erratum(equation_number(r), r["chapter"], r["erratum"], r["label"], float(r["residual"]),
-                           None if fix is None else fix["label"], None if fix is None else float(fix["residual"])))
+        out.append(Erratum(eq, r["chapter"], r["erratum"], r["label"], float(r["residual"]),
+                           None if fix is None else fix["label"], None if fix is None else float(fix["residual"]),
+                           cls.kind, cls.note, cls.extraction))
+    if unclassified:
+        raise ValueError(f"{len(unclassified)} errata without a class:\n" + "\n".join(unclassified))
     return out
+
+
+def errata_counts(items: Sequence[Erratum]) -> dict[str, int]:
+    """How many of the errata ``items`` are of each kind, in the order of :data:`KINDS` (zeros included), and
+    ``"extraction?"``: how many could be artifacts of the text extraction."""
+    counts = {k: sum(e.kind == k for e in items) for k in KINDS}
+    counts["extraction?"] = sum(e.extraction is not None for e in items)
+    return counts
+
+
+def read_checks_json(path: Path | str) -> list[dict]:
+    """The check records of a ``checks.json`` written by :func:`softq.book.write_checks_json`."""
+    doc = json.loads(Path(path).read_text(encoding="utf-8"))
+    if not isinstance(doc, dict) or not isinstance(doc.get("records"), list):
+        raise ValueError(f"{path}: not a checks.json (a JSON object with a list of 'records')")
+    return doc["records"]
+
+
+def _plural(n: int, one: str, many: str) -> str:
+    return f"{n} {one if n == 1 else many}"
+
+
+def counts_sentence(source: Path | str | Iterable[dict],
+                    classes: dict[tuple[int | None, str], ErratumClass] | None = None) -> str:
+    """The book's counts in one sentence, from a ``checks.json`` (its path) or from check records: equations checked,
+    errata, typed equations with an erratum, errata by kind, e.g. "90 of 90 equations checked; 30 errata in 23 typed
+    equations: 23 typos, 3 conventions, 4 sentences (5 of them could be artifacts of the text extraction)". The
+    appendix and the preface print it; raises as :func:`errata` does on an unclassified erratum (``classes`` as
+    there)."""
+    records = read_checks_json(source) if isinstance(source, Path | str) else _validate(source)
+    n_checked = sum(row.checked for row in equation_index(records))
+    items = errata(records, classes)
+    counts = errata_counts(items)
+    eqs = {(e.chapter, e.eq) for e in items}
+    kinds = ", ".join(_plural(counts[k], k, _PLURAL[k]) for k in KINDS)
+    text = (f"{n_checked} of {N_EQUATIONS} equations checked; {_plural(len(items), 'erratum', 'errata')} in "
+            f"{_plural(len(eqs), 'typed equation', 'typed equations')}: {kinds}")
+    if counts["extraction?"]:
+        text += f" ({counts['extraction?']} of them could be artifacts of the text extraction)"
+    return text
 
 
 _MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]<>|#~])")
@@ -346,13 +565,30 @@ def markdown_index(rows: Sequence[EquationRow]) -> str:
 
 
 def markdown_errata(items: Sequence[Erratum]) -> str:
-    """The errata list as a Markdown table: equation, chapter, what is wrong, typed residual, corrected form."""
-    lines = ["| eq | chapter | what is wrong in the typed form | typed off by | corrected form, verified as |",
-             "|---:|---|---|---:|---|"]
+    """The errata list as a Markdown table: equation, chapter, class, what is wrong, typed residual, corrected form,
+    why the class, and whether the text extraction could explain it."""
+    lines = ["| eq | chapter | class | what is wrong in the typed form | typed off by | corrected form, verified as | "
+             "why this class | extraction? |",
+             "|---:|---|---|---|---:|---|---|---|"]
     for e in items:
         fix = "—" if e.corrected_label is None else \
             f"{escape_cell(e.corrected_label)} (residual {e.corrected_residual:.1e})"
         typed = "symbolic" if e.typed_residual == float("inf") else f"{e.typed_residual:.2g}"
-        lines.append(f"| {e.eq if e.eq is not None else '—'} | {e.chapter} | {escape_cell(e.description)} | {typed} | "
-                     f"{fix} |")
+        extraction = "—" if e.extraction is None else f"possibly: {escape_cell(e.extraction)}"
+        lines.append(f"| {e.eq if e.eq is not None else '—'} | {e.chapter} | {e.kind} | {escape_cell(e.description)} | "
+                     f"{typed} | {fix} | {escape_cell(e.note)} | {extraction} |")
+    return "\n".join(lines)
+
+
+def markdown_errata_counts(items: Sequence[Erratum]) -> str:
+    """The errata counted by class (:func:`errata_counts`) as a Markdown table, with the total."""
+    counts = errata_counts(items)
+    meaning = {TYPO: "the typeset equation is wrong",
+               CONVENTION: "the equation holds under a reading its notation leaves implicit",
+               SENTENCE: "the claim that fails is in the prose around the equation"}
+    lines = ["| class | meaning | errata | of which the extraction could explain |", "|---|---|---:|---:|"]
+    for k in KINDS:
+        flagged = errata_counts([e for e in items if e.kind == k])["extraction?"]
+        lines.append(f"| {k} | {meaning[k]} | {counts[k]} | {flagged} |")
+    lines.append(f"| all | | {len(items)} | {counts['extraction?']} |")
     return "\n".join(lines)

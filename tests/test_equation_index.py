@@ -56,14 +56,79 @@ def test_failed_records_are_shown_failed():
     assert rows[4].status.startswith("FAILED") and not rows[4].checked
 
 
+# the classes of RECORDS' two errata, keyed as ei.ERRATUM_CLASSES is: (eq, a prefix of the description)
+CLASSES = {
+    (2, "sign of tau"): ei.ErratumClass(ei.TYPO, "a sign flipped"),
+    (3, "off by tau"): ei.ErratumClass(ei.SENTENCE, "the sentence after it", extraction="a tau could be dropped"),
+}
+
+
 def test_errata_pick_the_corrected_form():
-    items = ei.errata(RECORDS)
+    items = ei.errata(RECORDS, CLASSES)
     assert [(e.eq, e.chapter, e.description) for e in items] == [(2, "01_x", "sign of tau is wrong"),
                                                                 (3, "02_y", "off by tau")]
     assert items[0].corrected_label == "eq 2 corrected" and items[0].typed_residual == 0.5
     assert items[1].corrected_label is None
     md = ei.markdown_errata(items)
     assert "sign of tau is wrong" in md and "symbolic" in md and md.count("\n") == 3
+
+
+def test_errata_carry_their_class_and_the_table_shows_it():
+    items = ei.errata(RECORDS, CLASSES)
+    assert [(e.kind, e.note, e.extraction) for e in items] == [
+        (ei.TYPO, "a sign flipped", None), (ei.SENTENCE, "the sentence after it", "a tau could be dropped")]
+    rows = [line.split(" | ") for line in ei.markdown_errata(items).splitlines()[2:]]
+    assert [r[2] for r in rows] == ["typo", "sentence"]                     # the class column
+    assert rows[0][-1] == "— |" and rows[1][-1] == "possibly: a tau could be dropped |"
+
+
+def test_an_erratum_without_a_class_raises():
+    unclassified = RECORDS + [rec(7, "eq 7 as typed", erratum="a new erratum", residual=1.0)]
+    with pytest.raises(ValueError, match=r"1 errata without a class(.|\n)*eq 7(.|\n)*a new erratum"):
+        ei.errata(unclassified, CLASSES)
+    with pytest.raises(ValueError, match="without a class"):
+        ei.counts_sentence(unclassified, CLASSES)
+    with pytest.raises(ValueError, match="no class"):               # same text, other equation: not that class
+        ei.classify(4, "sign of tau is wrong", CLASSES)
+    with pytest.raises(ValueError, match="2 classes"):
+        ei.classify(2, "sign of tau is wrong", {**CLASSES, (2, "sign"): ei.ErratumClass(ei.TYPO, "again")})
+    with pytest.raises(ValueError, match="kind"):
+        ei.ErratumClass("misprint", "no such kind")
+    with pytest.raises(ValueError, match="reason"):
+        ei.ErratumClass(ei.TYPO, " ")
+
+
+def test_counts_by_class_are_computed_from_the_records(tmp_path):
+    more = RECORDS + [rec(3, "eq 3 also", chapter="02_y", erratum="off by tau again", residual=1.0),
+                      rec(2, "a failed erratum check", erratum="sign of tau is wrong, twice", passed=False)]
+    items = ei.errata(more, CLASSES)
+    assert ei.errata_counts(items) == {"typo": 1, "convention": 0, "sentence": 2, "extraction?": 2}
+    sentence = "3 of 90 equations checked; 3 errata in 2 typed equations: 1 typo, 0 conventions, 2 sentences " \
+               "(2 of them could be artifacts of the text extraction)"
+    assert ei.counts_sentence(more, CLASSES) == sentence
+    path = tmp_path / "checks.json"                                         # as softq.book.write_checks_json writes
+    path.write_text(json.dumps({"smoke": True, "chapters": [], "records": more}))
+    assert ei.counts_sentence(path, CLASSES) == ei.counts_sentence(str(path), CLASSES) == sentence
+    assert ei.counts_sentence([rec(1)], CLASSES) == ("1 of 90 equations checked; 0 errata in 0 typed equations: "
+                                                     "0 typos, 0 conventions, 0 sentences")
+    md = ei.markdown_errata_counts(items)
+    assert "| typo | the typeset equation is wrong | 1 | 0 |" in md and "| sentence |" in md
+    assert md.splitlines()[-1] == "| all | | 3 | 2 |"
+    path.write_text(json.dumps([rec(1)]))
+    with pytest.raises(ValueError, match="not a checks.json"):
+        ei.counts_sentence(path)
+
+
+def test_the_book_classification_table():
+    for (eq, prefix), cls in ei.ERRATUM_CLASSES.items():
+        assert isinstance(eq, int) and 1 <= eq <= ei.N_EQUATIONS and len(prefix) >= 10, (eq, prefix)
+        assert cls.kind in ei.KINDS and cls.note.strip()
+        assert ei.classify(eq, prefix) is cls                                # each prefix picks its own entry only
+    kinds = {k: sum(c.kind == k for c in ei.ERRATUM_CLASSES.values()) for k in ei.KINDS}
+    assert all(kinds.values())   # each kind occurs (the issue's examples: semi-gradients of 22-23, sentences of 73, 86)
+    assert ei.classify(22, "the last nabla must act on the leading v_theta only").kind == ei.CONVENTION
+    assert ei.classify(73, "the target of (73) is log pibar + ...").kind == ei.SENTENCE
+    assert ei.classify(86, "with 1/gamma the expected update ...").kind == ei.SENTENCE
 
 
 def test_markdown_index_one_row_per_equation_and_escapes_pipes():
@@ -141,6 +206,22 @@ def test_collect_runs_a_missing_chapter_in_smoke_mode_and_restores_the_environme
     assert "SOFTQ_CHECKS_FILE" not in os.environ
     again = ei.collect_records([md], build=build, package=pkg, run_missing=False)   # now cached
     assert again[0].source == "appendix cache"
+
+
+def test_collect_looks_first_in_the_build_that_runs_it(layout, monkeypatch):
+    md, pkg, build = layout
+    other = build.parent / "other-out"                          # python -m softq.book --out other-out
+    _write(other / "checks" / "01_x.jsonl", [rec(3, chapter="01_x")])
+    _write(build / "checks" / "01_x.jsonl", [rec(1, chapter="01_x")] * 2)
+    monkeypatch.setenv("SOFTQ_CHECKS_FILE", str(other / "checks" / "99_appendix.jsonl"))
+    got = ei.collect_records([md], build=build, package=pkg, run_missing=False)
+    assert got[0].source == "this build" and [r["eq"] for r in got[0].records] == ["3"]
+    monkeypatch.setenv("SOFTQ_CHECKS_FILE", str(build / "checks" / "99_appendix.jsonl"))   # make book: build/ itself
+    got = ei.collect_records([md], build=build, package=pkg, run_missing=False)
+    assert got[0].source == "book" and len(got[0].records) == 2
+    monkeypatch.delenv("SOFTQ_CHECKS_FILE")
+    assert ei.collect_records([md], build=build, package=pkg, run_missing=False, this_build=other)[0].source == \
+        "this build"
 
 
 def test_collect_bad_arguments(layout):
