@@ -4,6 +4,7 @@
 #   make test   ruff + unit tests + every chapter through nbval in smoke mode (what CI runs)
 #   make lab    JupyterLab with the .md chapters opening as notebooks
 #   make figures  execute every chapter and write their figures into the committed figures/
+#   make sweep  chapters 1-5 and 9 on 200 random instances each of a reader's parameters -> results/sweep/last.json
 #   make bench / make train ARGS="..."   softq.rl throughput on this machine; training runs (see the end)
 # Each target creates .venv on first use and reuses it afterwards (delete .venv to start over).
 
@@ -68,6 +69,18 @@ nbval: $(STAMP)
 	  --nbval-cell-timeout=600 build/nbval
 
 test: lint unit nbval
+
+# Every chapter's checks hold for a reader's parameters: tests/test_sweep.py runs the key computations and checks of
+# chapters 1-5 and 9 on SWEEP_DRAWS random instances each (S 2-20, A 2-6, gamma 0.5-0.97, tau 0.05-2, n 1-5, network
+# sizes, seeds, Monte Carlo sizes). `make test` runs 5 derandomized draws each; `make sweep` random ones, prints each
+# failure with its instance and writes draws, failures, machine and duration to SWEEP_OUT.
+SWEEP_DRAWS ?= 200
+SWEEP_OUT ?= results/sweep/last.json
+.PHONY: sweep
+sweep: $(STAMP)
+	@SOFTQ_SWEEP_DRAWS=$(SWEEP_DRAWS) SOFTQ_SWEEP_OUT=$(SWEEP_OUT) $(PY) -m pytest tests/test_sweep.py -q -p no:cacheprovider; \
+	  status=$$?; $(PY) -c "import json; d = json.load(open('$(SWEEP_OUT)')); print('sweep:', d['draws'], 'draws,', \
+	  d['failures'], 'failures,', d['duration_s'], 's ->', '$(SWEEP_OUT)')"; exit $$status
 
 # Lab runs from the project's root, so that jupytext finds jupytext.toml and pairs each chapter with its .ipynb
 # (outputs survive reopening); it opens on notebooks/. As root (containers) Lab needs --allow-root.

@@ -127,17 +127,51 @@ def _check_kind(name: str, value: str, assignment: str) -> None:
             return
 
 
+PARAMETERS_TAG = "parameters"  # papermill's convention: the code cells that hold a chapter's parameters
+
+
+def _parameter_cells(nb) -> list:
+    return [c for c in nb.cells if c.cell_type == "code" and PARAMETERS_TAG in c.get("metadata", {}).get("tags", [])]
+
+
+def declared_parameters(nb) -> list[str]:
+    """The names a reader may ``--set``: those assigned at the top level of the chapter's code cells tagged
+    ``parameters`` (in MyST, ``:tags: [parameters]`` under the cell's fence), in order. A name assigned only in an
+    untagged cell (chapter 1's symbolic ``S``, say) is not a parameter: the chapter's checks are written for its
+    parameters, and a change to anything else is not a variant of the chapter."""
+    import ast
+
+    names: list[str] = []
+    for cell in _parameter_cells(nb):
+        try:
+            tree = ast.parse(cell.source)
+        except SyntaxError:
+            continue
+        for stmt in tree.body:
+            targets = stmt.targets if isinstance(stmt, ast.Assign) else (
+                [stmt.target] if isinstance(stmt, ast.AnnAssign) else [])
+            for target in targets:
+                for node in target.elts if isinstance(target, ast.Tuple | ast.List) else [target]:
+                    if isinstance(node, ast.Name) and node.id not in names:
+                        names.append(node.id)
+    return names
+
+
 def set_parameters(nb, overrides: dict[str, str]):
     """``nb`` with each ``NAME = VALUE`` of ``overrides`` assigned right after the first top-level line that assigns
-    ``NAME`` (a chapter's parameters, e.g. ``S, A, GAMMA, TAU = 6, 3, 0.9, 1.0``): what a reader who edits that line
-    gets. Raises ``ValueError`` naming a parameter that no code cell assigns. Returns ``nb`` (changed in place)."""
+    ``NAME`` in a cell tagged ``parameters`` (a chapter's parameters, e.g. ``S, A, GAMMA, TAU = 6, 3, 0.9, 1.0``):
+    what a reader who edits that line gets. Raises ``ValueError`` naming a name that the chapter does not declare as
+    a parameter (:func:`declared_parameters`). Returns ``nb`` (changed in place)."""
+    declared = declared_parameters(nb)
     for name, value in overrides.items():
         if not _NAME.fullmatch(name):
             raise ValueError(f"set: {name!r} is not a Python name")
+        if name not in declared:
+            have = f"its parameters are {', '.join(declared)}" if declared else "it declares none"
+            raise ValueError(f"set: {name!r} is not a parameter of this chapter ({have}; a code cell tagged "
+                             f"{PARAMETERS_TAG!r} declares them)")
         assign = re.compile(rf"^(?:[A-Za-z_][A-Za-z0-9_]*\s*,\s*)*{name}\s*(?:,\s*[A-Za-z_][A-Za-z0-9_]*\s*)*=[^=]")
-        for cell in nb.cells:
-            if cell.cell_type != "code":
-                continue
+        for cell in _parameter_cells(nb):
             lines = cell.source.split("\n")
             at = next((i for i, line in enumerate(lines) if assign.match(line)), None)
             if at is not None:
@@ -150,7 +184,7 @@ def set_parameters(nb, overrides: dict[str, str]):
                 cell.source = "\n".join(lines)
                 break
         else:
-            raise ValueError(f"set: no code cell assigns {name!r} at the start of a line")
+            raise ValueError(f"set: no cell tagged {PARAMETERS_TAG!r} assigns {name!r} at the start of a line")
     return nb
 
 

@@ -69,10 +69,11 @@ def test_unknown_chapter_selection_is_named():
 def test_set_parameters_assigns_after_the_first_assignment_and_names_unknown_ones():
     import nbformat.v4 as v4
 
+    params = {"tags": ["parameters"]}
     nb = v4.new_notebook(cells=[
         v4.new_markdown_cell("S, A = 1, 2 (prose, not code)"),
-        v4.new_code_cell("import torch\nS, A, GAMMA = 6, 3, 0.9\nmdp = make(S, A)\nS, A = 2, 2"),
-        v4.new_code_cell("CFG = dict(a=1,\n           b=2)\nuse(CFG)"),
+        v4.new_code_cell("import torch\nS, A, GAMMA = 6, 3, 0.9\nmdp = make(S, A)\nS, A = 2, 2", metadata=params),
+        v4.new_code_cell("CFG = dict(a=1,\n           b=2)\nuse(CFG)", metadata=params),
     ])
     book.set_parameters(nb, {"A": "5", "CFG": "dict(a=3)"})
     assert nb.cells[1].source.split("\n")[:4] == [
@@ -91,7 +92,8 @@ def test_a_number_stays_a_number_and_a_number_selects_one_chapter():
     import nbformat.v4 as v4
 
     def nb():
-        return v4.new_notebook(cells=[v4.new_code_cell("S, A, GAMMA, TAU = 6, 3, 0.9, 0.01  # the instance")])
+        return v4.new_notebook(cells=[v4.new_code_cell("S, A, GAMMA, TAU = 6, 3, 0.9, 0.01  # the instance",
+                                                       metadata={"tags": ["parameters"]})])
 
     with pytest.raises(ValueError, match=r"TAU is a number in the chapter \(0.01\); got \"0.7\" \(str\)"):
         book.set_parameters(nb(), {"TAU": '"0.7"'})
@@ -100,6 +102,32 @@ def test_a_number_stays_a_number_and_a_number_selects_one_chapter():
     book.set_parameters(nb(), {"TAU": "1", "S": "2 * 4"})
     assert [p.stem[:2] for p in book.chapters(["0"])] == ["00"]
     assert [p.stem[:2] for p in book.chapters(["3", "04"])] == ["03", "04"]
+
+
+def test_only_a_declared_parameter_can_be_set(tmp_path):
+    """A reader's --set changes what a cell tagged "parameters" assigns, and nothing else: chapter 1's symbolic S (an
+    untagged cell) is refused naming S and the chapter's parameters, before anything runs; a chapter that tags no cell
+    (the preface) refuses every name."""
+    import jupytext
+    import nbformat.v4 as v4
+
+    nb = v4.new_notebook(cells=[
+        v4.new_code_cell("import math\nTAU = 0.7  # the temperature\nB: int = 5", metadata={"tags": ["parameters"]}),
+        v4.new_code_cell("S = symbolic_bandit(3)\nprint(S.q)"),
+    ])
+    assert book.declared_parameters(nb) == ["TAU", "B"]
+    with pytest.raises(ValueError, match=r"'S' is not a parameter of this chapter \(its parameters are TAU, B"):
+        book.set_parameters(nb, {"S": "9"})
+    assert nb.cells[1].source == "S = symbolic_bandit(3)\nprint(S.q)"
+    with pytest.raises(ValueError, match="'TAU' is not a parameter of this chapter .it declares none"):
+        book.set_parameters(v4.new_notebook(cells=[v4.new_code_cell("TAU = 1")]), {"TAU": "2"})
+    chapter_1 = jupytext.read(book.chapters(["01"])[0])
+    assert "TAU" in book.declared_parameters(chapter_1) and "S" not in book.declared_parameters(chapter_1)
+    with pytest.raises(ValueError, match="'S' is not a parameter"):
+        book.set_parameters(chapter_1, {"S": "9"})
+    for md in book.chapters(["02", "03", "04", "05", "09"]):
+        assert {"S", "A", "GAMMA", "TAU"} <= set(book.declared_parameters(jupytext.read(md))), md.stem
+    assert book.declared_parameters(jupytext.read(book.chapters(["00"])[0])) == []
 
 
 def test_a_bad_set_leaves_the_output_folder_alone(tmp_path, out):
@@ -115,6 +143,9 @@ def test_set_is_checked_on_the_command_line(capsys):
     with pytest.raises(SystemExit):
         book.main(["00", "--set", "TAU"])
     assert "--set wants NAME=VALUE" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        book.main(["01", "--set", "S=9", "--out", "/nonexistent/softq-never-written"])
+    assert "01_bandit: set: 'S' is not a parameter of this chapter" in capsys.readouterr().err
 
 
 def test_a_build_writes_its_figures_under_out_and_figures_only_where_asked(tmp_path, out):
