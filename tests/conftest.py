@@ -12,3 +12,25 @@ def _default_dtype_is_restored():
     after = torch.get_default_dtype()
     torch.set_default_dtype(before)
     assert after == before, f"the test changed torch's default dtype to {after} and did not restore it"
+
+
+@pytest.fixture
+def poison(monkeypatch):
+    """``poison(module, name, call)``: ``module.name``, a loss function, returns a NaN loss at its ``call``-th call
+    (counted from 1) and the true loss otherwise; a tuple's first element is the loss (``a2c_loss`` returns
+    ``(loss, stats)``). Returns the call counter ``{"n": calls so far}``. Undone after the test."""
+
+    def apply(module, name: str, call: int) -> dict[str, int]:
+        real, calls = getattr(module, name), {"n": 0}
+
+        def poisoned(*a, **k):
+            calls["n"] += 1
+            out = real(*a, **k)
+            if calls["n"] != call:
+                return out
+            return (out[0] * float("nan"), *out[1:]) if isinstance(out, tuple) else out * float("nan")
+
+        monkeypatch.setattr(module, name, poisoned)
+        return calls
+
+    return apply

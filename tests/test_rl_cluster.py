@@ -1,7 +1,6 @@
 """softq.rl.cluster: the grid on a real local Ray cluster (one run killed mid-way and resumed) equals the grid run
 locally; the dry run's estimate from a bench file."""
 
-import csv
 import json
 import os
 import shutil
@@ -19,6 +18,7 @@ import torch
 
 from softq.rl import cluster
 from softq.rl.a2c import Config
+from softq.rl.folder import computed_rows
 from softq.rl.grid import fill, plan
 from softq.rl.runs import run_dir
 
@@ -31,9 +31,6 @@ def _grid(root: Path) -> list:
     return [(Config(**base, rule=r, seed=s), run_dir(root, "a2c-CartPole-v1", r, s)) for s in SEEDS for r in RULES]
 
 
-def _rows(path: Path):
-    with open(path) as f:
-        return [{k: v for k, v in r.items() if k not in ("sps", "wall_s")} for r in csv.DictReader(f)]
 
 
 def _free_port() -> int:
@@ -107,7 +104,7 @@ def test_grid_on_ray_with_a_killed_run_equals_the_local_grid(tmp_path, ray_clust
     assert len(starts) == 2, "the killed run should have been resumed once, by Ray's retry"
     for (_, a), (_, b) in zip(local, remote, strict=True):
         assert json.loads((b / "status.json").read_text())["status"] == "done"
-        assert _rows(a / "progress.csv") == _rows(b / "progress.csv"), b
+        assert computed_rows(a / "progress.csv") == computed_rows(b / "progress.csv"), b
         wa = torch.load(a / "checkpoint.pt", weights_only=False)["agent"]["net"]
         wb = torch.load(b / "checkpoint.pt", weights_only=False)["agent"]["net"]
         assert all(torch.equal(wa[k], wb[k]) for k in wa), b

@@ -8,6 +8,7 @@ import torch
 
 from softq.rl import compare as cmp
 from softq.rl.a2c import A2C, RULES, Config, a2c_loss
+from softq.rl.folder import computed_rows
 
 GAMMA, TAU, C = 0.9, 0.1, 0.5
 CFG = {"env": "CartPole-v1", "num_envs": 4, "num_steps": 5, "device": "cpu", "torch_threads": 1, "lr": 2e-3}
@@ -121,7 +122,7 @@ def test_training_with_agreement_every_measures_without_changing_the_run(tmp_pat
     train(cfg, tmp_path / "plain", progress=False)
     measured = tmp_path / "measured"
     train(dataclasses.replace(cfg, agreement_every=7), measured, progress=False)
-    assert _rows(measured / "progress.csv") == _rows(tmp_path / "plain" / "progress.csv")
+    assert computed_rows(measured / "progress.csv") == computed_rows(tmp_path / "plain" / "progress.csv")
     weights = torch.load(measured / "checkpoint.pt", weights_only=False)["agent"]["net"]
     assert all(torch.equal(weights[k], w) for k, w in plain.net.state_dict().items())
     back = cmp.read_agreement(measured)
@@ -136,11 +137,6 @@ def test_training_with_agreement_every_measures_without_changing_the_run(tmp_pat
     assert (cut / "agreement.csv").read_text() == (measured / "agreement.csv").read_text()
 
 
-def _rows(path):
-    import csv
-
-    with open(path) as f:
-        return [{k: v for k, v in r.items() if k not in ("sps", "wall_s")} for r in csv.DictReader(f)]
 
 
 def test_bad_arguments_are_rejected():

@@ -5,7 +5,6 @@ import csv
 import json
 import math
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,12 +15,13 @@ import softq.rl.dqn
 from softq.rl.__main__ import main
 from softq.rl.dqn import DQN, TARGETS, Config, bootstrap_index
 from softq.rl.envs import make_env
+from softq.rl.folder import computed_rows
 from softq.rl.replay import FIRST, RESET, FrameReplay
 from softq.rl.runs import train
 
 ATARI = {"num_envs": 2, "buffer_size": 600, "batch_size": 8, "learning_starts": 100, "target_update": 100,
          "device": "cpu", "torch_threads": 1, "env_threads": 1}
-CARTPOLE = {"env": "CartPole-v1", "num_envs": 4, "buffer_size": 20_000, "learning_starts": 1000, "batch_size": 64,
+CARTPOLE_DQN = {"env": "CartPole-v1", "num_envs": 4, "buffer_size": 20_000, "learning_starts": 1000, "batch_size": 64,
             "lr": 1e-3, "train_frequency": 2, "target_update": 500, "exploration_fraction": 0.2, "eps_end": 0.02,
             "device": "cpu", "torch_threads": 1}
 
@@ -185,7 +185,7 @@ def test_logged_target_entropy_and_action_gap_are_those_of_the_update_batch(targ
     """The columns target_entropy and action_gap of a gradient step: the entropy of softmax(Qbar(s', .) / tau) at
     each target's bootstrap state, and the online network's best minus second-best Q(s_t, .) before the step, each
     averaged over the step's batch, recomputed here from the same batch and the same weights."""
-    cfg = Config(target=target, n_step=n_step, tau=0.3, frames=10**6, **{**CARTPOLE, "learning_starts": 200})
+    cfg = Config(target=target, n_step=n_step, tau=0.3, frames=10**6, **{**CARTPOLE_DQN, "learning_starts": 200})
     agent = DQN(cfg)
     while agent.grad_steps < 3:
         agent.step()
@@ -377,20 +377,17 @@ def test_bad_dqn_configs_are_rejected_by_name():
     assert Config(target="hard", tau=0.01).rule == "hard"
 
 
-def _rows(path: Path, drop=("sps", "wall_s")):
-    with open(path) as f:
-        return [{k: v for k, v in r.items() if k not in drop} for r in csv.DictReader(f)]
 
 
 def test_cartpole_pause_and_resume_equals_uninterrupted(tmp_path):
     """The replay is small: it is saved, and a paused + resumed CPU run is bit-identical to an uninterrupted one."""
     cfg = Config(target="soft_ent", tau=0.1, n_step=3, frames=3000, log_every=50,
-                 **{**CARTPOLE, "learning_starts": 500})
+                 **{**CARTPOLE_DQN, "learning_starts": 500})
     assert train(cfg, tmp_path / "whole", progress=False)["status"] == "done"
     paused = Config(**{**cfg.as_dict(), "checkpoint_every": 300, "time_limit_minutes": 1e-6})
     assert train(paused, tmp_path / "cut", progress=False)["status"] == "paused"
     assert train(cfg, tmp_path / "cut", resume=True, progress=False)["status"] == "done"
-    assert _rows(tmp_path / "cut" / "progress.csv") == _rows(tmp_path / "whole" / "progress.csv")
+    assert computed_rows(tmp_path / "cut" / "progress.csv") == computed_rows(tmp_path / "whole" / "progress.csv")
     w1 = torch.load(tmp_path / "whole" / "checkpoint.pt", weights_only=False)["agent"]
     w2 = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=False)["agent"]
     assert all(torch.equal(w1["net"][k], w2["net"][k]) for k in w1["net"])
@@ -422,17 +419,10 @@ def test_atari_resume_refills_the_replay_and_says_so(tmp_path):
     assert min(agent_steps) > 2 + 100  # resumed after one vector step: training waits for 100 fresh env steps
 
 
-def test_nan_loss_stops_the_run(tmp_path, monkeypatch):
-    real, calls = softq.rl.dqn.dqn_loss, {"n": 0}
-
-    def poisoned(*a, **k):
-        calls["n"] += 1
-        loss = real(*a, **k)
-        return loss * float("nan") if calls["n"] == 30 else loss
-
-    monkeypatch.setattr(softq.rl.dqn, "dqn_loss", poisoned)
+def test_nan_loss_stops_the_run(tmp_path, poison):
+    poison(softq.rl.dqn, "dqn_loss", 30)
     cfg = Config(target="soft_kl", frames=2000, log_every=10, checkpoint_every=20,
-                 **{**CARTPOLE, "learning_starts": 100, "batch_size": 8})
+                 **{**CARTPOLE_DQN, "learning_starts": 100, "batch_size": 8})
     with pytest.raises(softq.rl.a2c.NonFiniteLoss, match="gradient step <= 30"):
         train(cfg, tmp_path, progress=False)
     assert json.loads((tmp_path / "status.json").read_text())["status"] == "failed"
@@ -461,7 +451,7 @@ def test_cli_runs_dqn_variants_in_one_layout(tmp_path, capsys):
 
 def test_cartpole_soft_ent_learns(tmp_path):
     """A short CartPole run of soft_ent (tau 0.1) clearly learns (random play scores ~22)."""
-    cfg = Config(target="soft_ent", tau=0.1, frames=25_000, log_every=500, **CARTPOLE)
+    cfg = Config(target="soft_ent", tau=0.1, frames=25_000, log_every=500, **CARTPOLE_DQN)
     t0 = time.time()
     result = train(cfg, tmp_path, progress=False)
     print(f"soft_ent: mean score of the last 100 games {result['score_mean100']:.1f} in {time.time() - t0:.1f}s")
@@ -470,7 +460,7 @@ def test_cartpole_soft_ent_learns(tmp_path):
 
 def test_a_checkpoint_from_a_cuda_graph_run_resumes_on_the_cpu():
     """A resume may change device and graphs: Adam's `capturable` and the replay's generator follow the new run."""
-    cfg = Config(**{**CARTPOLE, "learning_starts": 40, "buffer_size": 2000})
+    cfg = Config(**{**CARTPOLE_DQN, "learning_starts": 40, "buffer_size": 2000})
     agent = DQN(cfg)
     for _ in range(20):
         agent.step()
@@ -510,13 +500,13 @@ def test_epsilon_follows_one_schedule_whatever_the_run_length():
 
 def test_epsilon_horizon_choices():
     """-1 (default): 40M frames on Atari, the run's length on classic control; 0: the run's length; > 0: as given."""
-    cartpole = DQN(Config(frames=25_000, **CARTPOLE))  # the chapter's CartPole settings: 20% of the run
+    cartpole = DQN(Config(frames=25_000, **CARTPOLE_DQN))  # the chapter's CartPole settings: 20% of the run
     assert cartpole.cfg.horizon_frames == 25_000 and cartpole.epsilon_decay_env_steps == 5000
     cartpole.env_steps = 5000
     assert cartpole.epsilon() == pytest.approx(0.02, abs=1e-12)
     cartpole.env_steps = 2500
     assert cartpole.epsilon() == pytest.approx(1 - 0.98 / 2)
-    assert Config(frames=25_000, schedule_frames=100_000, **CARTPOLE).horizon_frames == 100_000
+    assert Config(frames=25_000, schedule_frames=100_000, **CARTPOLE_DQN).horizon_frames == 100_000
     assert Config(frames=4000, schedule_frames=0, **ATARI).horizon_frames == 4000
     assert Config(frames=4000, schedule_frames=8000, **ATARI).horizon_frames == 8000
     own = DQN(Config(frames=4000, schedule_frames=0, **ATARI))  # Atari: 4 frames per step
@@ -529,7 +519,7 @@ def test_epsilon_horizon_choices():
 
 def test_a_non_finite_gradient_stops_the_run():
     """A finite loss with an infinite gradient (norm) is caught too, at the gradient step it happens."""
-    agent = DQN(Config(**{**CARTPOLE, "learning_starts": 40, "train_frequency": 4}))  # one gradient step per step
+    agent = DQN(Config(**{**CARTPOLE_DQN, "learning_starts": 40, "train_frequency": 4}))  # one gradient step per step
     while agent.grad_steps < 4:
         agent.step()
     agent.net.head.bias.register_hook(lambda g: g * float("inf"))
@@ -538,18 +528,11 @@ def test_a_non_finite_gradient_stops_the_run():
     assert math.isfinite(agent._stats[0]) and not math.isfinite(agent._stats[3])  # the loss was finite
 
 
-def test_without_per_step_checks_a_nan_is_caught_at_the_next_log_row(monkeypatch):
+def test_without_per_step_checks_a_nan_is_caught_at_the_next_log_row(poison):
     """CUDA's mode (check_every_step False: no host-device sync per update): a NaN is found at the next log row,
     or by assert_finite (runs.train: before each checkpoint), which also checks the weights."""
-    real, calls = softq.rl.dqn.dqn_loss, {"n": 0}
-
-    def poisoned(*a, **k):
-        calls["n"] += 1
-        loss = real(*a, **k)
-        return loss * float("nan") if calls["n"] == 4 else loss
-
-    monkeypatch.setattr(softq.rl.dqn, "dqn_loss", poisoned)
-    agent = DQN(Config(**{**CARTPOLE, "learning_starts": 40, "log_every": 50}))
+    poison(softq.rl.dqn, "dqn_loss", 4)
+    agent = DQN(Config(**{**CARTPOLE_DQN, "learning_starts": 40, "log_every": 50}))
     agent.check_every_step = False
     while agent.grad_steps < 8:
         agent.step()  # the NaN of gradient step 4 is not read yet
@@ -560,7 +543,7 @@ def test_without_per_step_checks_a_nan_is_caught_at_the_next_log_row(monkeypatch
         while True:
             agent.step()
     assert agent.updates == 50
-    fresh = DQN(Config(**CARTPOLE))
+    fresh = DQN(Config(**CARTPOLE_DQN))
     fresh.assert_finite()
     with torch.no_grad():
         fresh.target_net.head.weight[0, 0] = float("inf")

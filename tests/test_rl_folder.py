@@ -91,6 +91,6 @@ def test_expand_builds_a_grid_seed_major_and_hard_has_no_tau():
         expand(a2c, targets=["hard"])
     with pytest.raises(ValueError, match="rules is an A2C option"):
         expand(dqn, rules=["naive"])
-    with pytest.raises(ValueError, match="seed must be an int >= 0"):
+    with pytest.raises(ValueError, match=r"seed must be an int in \[0, 2147483647\]"):
         expand(a2c, seeds=[-1])
     assert json.loads(json.dumps(grid[0].as_dict()))["target"] == "hard"

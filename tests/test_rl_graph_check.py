@@ -10,11 +10,11 @@ from softq.rl.bench import run_bench
 from softq.rl.dqn import DQN, Config
 from softq.rl.graph_check import compare_update_paths
 
-CARTPOLE = dict(env="CartPole-v1", num_envs=4, buffer_size=2000, frames=10**6, hidden=32)
+CARTPOLE_DQN_SMALL = dict(env="CartPole-v1", num_envs=4, buffer_size=2000, frames=10**6, hidden=32)
 
 
 def test_fixed_draws_give_the_batch_the_generator_would_give():
-    agent = DQN(Config(**CARTPOLE, n_step=3, learning_starts=10**9))
+    agent = DQN(Config(**CARTPOLE_DQN_SMALL, n_step=3, learning_starts=10**9))
     for _ in range(60):
         agent.step()
     state = agent.gen.get_state()
@@ -27,7 +27,7 @@ def test_fixed_draws_give_the_batch_the_generator_would_give():
 
 @pytest.mark.parametrize("target,n_step", [("hard", 1), ("hard", 3), ("soft_ent", 3)])
 def test_eager_paths_agree_bit_for_bit_on_cpu(target, n_step):
-    cfg = Config(**CARTPOLE, target=target, n_step=n_step)
+    cfg = Config(**CARTPOLE_DQN_SMALL, target=target, n_step=n_step)
     res = compare_update_paths(cfg, updates=25, fill_env_steps=300, target_every=10, modes=("off", "off", "on"))
     assert res["device"] == "cpu" and res["updates"] == 25
     assert res["loss_first"] > 0
@@ -46,7 +46,7 @@ def test_the_check_sees_a_path_that_froze_its_batch(monkeypatch):
         return real(cfg, source, draws[:1].expand_as(draws) if calls["n"] == 2 else draws, steps, target_every)
 
     monkeypatch.setattr(graph_check, "_run", frozen_second_run)
-    res = compare_update_paths(Config(**CARTPOLE), updates=25, fill_env_steps=300, modes=("off", "off"))
+    res = compare_update_paths(Config(**CARTPOLE_DQN_SMALL), updates=25, fill_env_steps=300, modes=("off", "off"))
     (r,) = res["results"]
     assert r["max_rel_loss_diff"] > 1e-2 and r["rel_param_diff"] > 1e-4
 
@@ -60,7 +60,7 @@ def test_atari_paths_agree_on_cpu(target, precision):
 
 
 def test_bad_arguments_are_named():
-    cfg = Config(**CARTPOLE)
+    cfg = Config(**CARTPOLE_DQN_SMALL)
     with pytest.raises(ValueError, match="updates"):
         compare_update_paths(cfg, updates=0)
     with pytest.raises(ValueError, match="target_every"):

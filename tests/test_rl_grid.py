@@ -1,6 +1,5 @@
 """softq.rl.grid: a grid that fills up over sittings (skip finished, resume paused, restart partial), and locks."""
 
-import csv
 import json
 import shutil
 from pathlib import Path
@@ -9,7 +8,7 @@ import pytest
 
 from softq.rl.__main__ import main
 from softq.rl.a2c import Config
-from softq.rl.folder import RunBusy, RunFolder
+from softq.rl.folder import RunBusy, RunFolder, computed_rows
 from softq.rl.grid import fill, plan, plan_run
 from softq.rl.runs import train
 
@@ -18,9 +17,6 @@ TINY = ["--env", "CartPole-v1", "--num-envs", "4", "--lr", "0.002", "--torch-thr
 GRID = ["train", "--rules", "naive,proper", "--seeds", "0,1", *TINY, "--fill"]
 
 
-def _rows(path: Path):
-    with open(path) as f:
-        return [{k: v for k, v in r.items() if k not in ("sps", "wall_s")} for r in csv.DictReader(f)]
 
 
 def _status(out: Path) -> str:
@@ -61,7 +57,7 @@ def test_fill_skips_finished_resumes_paused_restarts_partial(tmp_path, capsys):
     for (rule, seed), out in runs.items():
         mine = exp / rule / f"seed{seed}"
         assert _status(mine) == "done"
-        assert _rows(mine / "progress.csv") == _rows(out / "progress.csv"), (rule, seed)
+        assert computed_rows(mine / "progress.csv") == computed_rows(out / "progress.csv"), (rule, seed)
     starts = json.loads((paused / "config.json").read_text())["starts"]
     assert len(starts) == 2, "the paused run resumed (two starts)"
     assert len(json.loads((partial / "config.json").read_text())["starts"]) == 1, "the partial run started afresh"
@@ -115,7 +111,7 @@ def test_a_locked_run_is_busy(tmp_path):
 
 def test_several_envs_are_several_experiments(tmp_path, capsys):
     """--envs: one experiment per environment (<algo>-<env>), the same grid in each; --experiment then refused."""
-    assert main(["train", "--envs", "CartPole-v1,Acrobot-v1", "--rules", "naive,proper", "--seeds", "0", *TINY,
+    assert main(["train", "--envs", "CartPole-v1,Acrobot-v1", "--rules", "naive,proper", "--seeds", "0", *TINY[2:],
                  "--fill", "--dry-run", "--results", str(tmp_path)]) == 0
     err = capsys.readouterr().err.splitlines()
     outs = [Path(ln.split()[1]) for ln in err if ln.startswith("start")]
@@ -124,9 +120,9 @@ def test_several_envs_are_several_experiments(tmp_path, capsys):
         "a2c-Acrobot-v1/naive/seed0", "a2c-Acrobot-v1/proper/seed0"]
     assert err[0].startswith("protocol: the paper's A2C, except ")  # TINY's budget and settings, named
     with pytest.raises(SystemExit):
-        main(["train", "--envs", "CartPole-v1,Acrobot-v1", "--experiment", "x", *TINY, "--fill", "--dry-run"])
+        main(["train", "--envs", "CartPole-v1,Acrobot-v1", "--experiment", "x", *TINY[2:], "--fill", "--dry-run"])
     assert "--experiment" in capsys.readouterr().err
-    assert main(["train", "--envs", "CartPole-v1,Acrobot-v1", "--experiment", "study-{env}", "--seeds", "0", *TINY,
+    assert main(["train", "--envs", "CartPole-v1,Acrobot-v1", "--experiment", "study-{env}", "--seeds", "0", *TINY[2:],
                  "--fill", "--dry-run", "--results", str(tmp_path)]) == 0
     outs = [Path(ln.split()[1]) for ln in capsys.readouterr().err.splitlines() if ln.startswith("start")]
     assert [str(o.relative_to(tmp_path)) for o in outs] == ["study-CartPole-v1/proper/seed0",

@@ -14,18 +14,15 @@ import torch
 
 import softq.rl.a2c
 from softq.rl.__main__ import main
-from softq.rl.a2c import CARTPOLE as CARTPOLE_A2C
+from softq.rl.a2c import CARTPOLE as CARTPOLE_A2C  # the book's CartPole settings: Config fields
 from softq.rl.a2c import COLUMNS, Config, NonFiniteLoss
+from softq.rl.folder import computed_rows
 from softq.rl.runs import train
 
 ROOT = Path(__file__).resolve().parent.parent
-CARTPOLE = ["--env", "CartPole-v1", "--num-envs", "4", "--lr", "0.002", "--torch-threads", "1"]
+CARTPOLE_ARGV = ["--env", "CartPole-v1", "--num-envs", "4", "--lr", "0.002", "--torch-threads", "1"]
 
 
-def _rows(path: Path, drop=("sps", "wall_s")):
-    with open(path) as f:
-        rows = list(csv.DictReader(f))
-    return [{k: v for k, v in r.items() if k not in drop} for r in rows]
 
 
 def _weights(path: Path):
@@ -35,7 +32,7 @@ def _weights(path: Path):
 def test_killed_and_resumed_run_equals_uninterrupted(tmp_path):
     """SIGKILL a CartPole run after its first checkpoint, resume it: same log (but timings) and same weights."""
     args = ["train", "--rule", "proper", "--frames", "20000", "--log-every", "50", "--checkpoint-every", "150",
-            *CARTPOLE, "--no-progress"]
+            *CARTPOLE_ARGV, "--no-progress"]
     assert main([*args, "--out", str(tmp_path / "whole")]) == 0
     cut = tmp_path / "cut"
     env = {**os.environ, "PYTHONHASHSEED": "0"}
@@ -51,8 +48,8 @@ def test_killed_and_resumed_run_equals_uninterrupted(tmp_path):
     assert 0 < state["agent"]["updates"] < 1000, "the run must be killed mid-way: make it longer"
     assert json.loads((cut / "status.json").read_text())["status"] == "running"
     assert main([*args, "--out", str(cut), "--resume"]) == 0
-    assert _rows(cut / "progress.csv") == _rows(tmp_path / "whole" / "progress.csv")
-    assert len(_rows(cut / "progress.csv")) == 20
+    assert computed_rows(cut / "progress.csv") == computed_rows(tmp_path / "whole" / "progress.csv")
+    assert len(computed_rows(cut / "progress.csv")) == 20
     whole, resumed = _weights(tmp_path / "whole" / "checkpoint.pt"), _weights(cut / "checkpoint.pt")
     assert all(torch.equal(whole[k], resumed[k]) for k in whole)
     cfg = json.loads((cut / "config.json").read_text())
@@ -68,20 +65,13 @@ def test_time_limit_pauses_and_resume_finishes(tmp_path):
     cfg = Config(**{**cfg.as_dict(), "time_limit_minutes": 0.0})
     result = train(cfg, tmp_path, resume=True, progress=False)
     assert result["status"] == "done" and result["update"] == 200
-    assert len(_rows(tmp_path / "progress.csv")) == 20
+    assert len(computed_rows(tmp_path / "progress.csv")) == 20
     with pytest.raises(ValueError, match="tau"):
         train(Config(**{**cfg.as_dict(), "tau": 0.5}), tmp_path, resume=True, progress=False)
 
 
-def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
-    real, calls = softq.rl.a2c.a2c_loss, {"n": 0}
-
-    def poisoned(*a, **k):
-        calls["n"] += 1
-        loss, stats = real(*a, **k)
-        return (loss * float("nan") if calls["n"] == 7 else loss), stats
-
-    monkeypatch.setattr(softq.rl.a2c, "a2c_loss", poisoned)
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, poison):
+    poison(softq.rl.a2c, "a2c_loss", 7)
     cfg = Config(env="CartPole-v1", rule="soft_q", frames=400, num_envs=4, log_every=2, checkpoint_every=5)
     with pytest.raises(NonFiniteLoss, match="update 7"):
         train(cfg, tmp_path, progress=False)
@@ -94,7 +84,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
 
 
 def test_several_runs_share_one_layout(tmp_path):
-    assert main(["train", "--rules", "naive,soft_q", "--seeds", "0,1", "--frames", "200", *CARTPOLE,
+    assert main(["train", "--rules", "naive,soft_q", "--seeds", "0,1", "--frames", "200", *CARTPOLE_ARGV,
                  "--log-every", "5", "--results", str(tmp_path), "--experiment", "demo", "--no-progress"]) == 0
     for rule in ("naive", "soft_q"):
         for seed in (0, 1):
@@ -106,12 +96,15 @@ def test_several_runs_share_one_layout(tmp_path):
 
 
 @pytest.mark.parametrize("argv", [["--rule", "hard"], ["--tau", "-1"], ["--env", "Zork"], ["--frames", "1e6"],
-                                  ["--seeds", "a,b"], ["--num-envs", "0"]])
+                                  ["--seeds", "a,b"], ["--num-envs", "0"], ["--num-envs", "100000000"],
+                                  ["--frames", "10000000000000000000000"], ["--seed", "3", "--seeds", "0"],
+                                  ["--rule", "naive", "--rules", "proper"], ["--algo", "dqn", "--targets", "hard",
+                                                                            "--taus", "0.1,0.01"]])
 def test_bad_command_lines_are_rejected(argv, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["train", *argv, "--out", str(tmp_path / "x")])
     assert e.value.code == 2
-    name = argv[0].lstrip("-").replace("-", "_").rstrip("s") if argv[0] != "--env" else "Zork"
+    name = {"--env": "Zork", "--algo": "taus"}.get(argv[0], argv[0].lstrip("-").replace("-", "_").rstrip("s"))
     assert name.split("_")[0] in capsys.readouterr().err
 
 
@@ -129,19 +122,26 @@ def test_bad_bench_command_lines_are_rejected(argv, name, tmp_path, capsys):
 
 @pytest.mark.parametrize("algo", ["a2c", "dqn"])
 def test_train_help_explains_every_option(algo, capsys):
-    """Every Config field's option has a meaning in --help (its comment in the Config's source), and the help of
-    one algorithm says where the other's options are."""
+    """Every Config field is an option whose --help gives its meaning, its unit where it counts something, and its
+    allowed values, all from the field's declaration (softq.rl.agent.option); the help of one algorithm says where
+    the other's options are."""
     import dataclasses
 
-    from softq.rl.__main__ import field_help
+    from softq.rl.__main__ import option_help
+    from softq.rl.agent import field_type
     from softq.rl.runs import config_class
 
-    helps = field_help(config_class(algo))
-    assert [f.name for f in dataclasses.fields(config_class(algo)) if not helps.get(f.name)] == []
+    cls = config_class(algo)
+    for f in dataclasses.fields(cls):
+        text, kind = option_help(f, f.default), field_type(f)
+        assert f.metadata["option"].help, f.name
+        if kind in (int, float):
+            assert " >= " in text or " > " in text or " in [" in text or " in (" in text, (f.name, text)
     with pytest.raises(SystemExit):
         main(["train", "--algo", algo, "--help"])
     out = capsys.readouterr().out
-    assert "the run's seed" in out and f"--algo {'dqn' if algo == 'a2c' else 'a2c'} --help" in out
+    assert "the run's seed" in out and "[emulator frames" in out and "an int in [1, 4096]" in out
+    assert f"--algo {'dqn' if algo == 'a2c' else 'a2c'} --help" in out
 
 
 @pytest.mark.parametrize("rule", ["proper", "soft_q"])
@@ -203,7 +203,7 @@ def test_train_many_equals_training_in_process_and_names_failures(tmp_path):
     for cfg, out, status in zip(cfgs, outs, statuses, strict=True):
         here = train(cfg, tmp_path / "here" / cfg.rule, progress=False)
         assert status["status"] == "done" and status["score_mean100"] == here["score_mean100"]
-        assert _rows(out / "progress.csv") == _rows(tmp_path / "here" / cfg.rule / "progress.csv")
+        assert computed_rows(out / "progress.csv") == computed_rows(tmp_path / "here" / cfg.rule / "progress.csv")
         a, b = _weights(out / "checkpoint.pt"), _weights(tmp_path / "here" / cfg.rule / "checkpoint.pt")
         assert all(torch.equal(a[k], b[k]) for k in a)
     (tmp_path / "taken").mkdir()
@@ -248,7 +248,7 @@ def test_a_log_cut_below_the_checkpoint_is_refused_and_a_longer_one_cut_back(tmp
     log.write_bytes(whole + b"4000,123456789,0,,0,0,0,0,,0,0,0,0,0,0\n")  # a row from after the checkpoint
     assert train(_small(), tmp_path, resume=True, progress=False)["status"] == "done"
     assert "1 row(s) written after the checkpoint dropped" in capsys.readouterr().err
-    assert b"123456789" not in log.read_bytes() and len(_rows(log)) == 20
+    assert b"123456789" not in log.read_bytes() and len(computed_rows(log)) == 20
 
 
 @pytest.mark.parametrize("damage", ["truncated", "garbage", "empty"])
@@ -269,7 +269,7 @@ def test_a_corrupt_checkpoint_is_named_by_resume_fill_and_inspect(tmp_path, dama
 
 
 def test_runs_stay_inside_results_and_never_overwrite_another_run(tmp_path, capsys):
-    base = ["train", *CARTPOLE, "--frames", "400", "--no-progress", "--results", str(tmp_path / "r")]
+    base = ["train", *CARTPOLE_ARGV, "--frames", "400", "--no-progress", "--results", str(tmp_path / "r")]
     for bad in (str(tmp_path / "abs"), "../x", "a/../../x", " "):
         with pytest.raises(SystemExit):
             main([*base, "--experiment", bad])
@@ -288,7 +288,7 @@ def test_runs_stay_inside_results_and_never_overwrite_another_run(tmp_path, caps
 
 
 def test_taken_or_repeated_seeds_are_refused_before_any_run_starts(tmp_path, capsys):
-    base = ["train", *CARTPOLE, "--frames", "400", "--no-progress", "--results", str(tmp_path)]
+    base = ["train", *CARTPOLE_ARGV, "--frames", "400", "--no-progress", "--results", str(tmp_path)]
     assert main([*base, "--seeds", "0"]) == 0
     with pytest.raises(SystemExit):
         main([*base, "--seeds", "0,1"])
@@ -319,7 +319,7 @@ def test_a_full_disk_fails_the_run_and_leaves_no_tmp_file(tmp_path, monkeypatch)
 def test_config_records_the_command_a_reader_would_type(tmp_path):
     """The command in config.json is `python -m softq.rl ...`, never the machine's path to __main__.py; a run
     started from Python records the equivalent command, which starts the same run."""
-    args = ["train", *CARTPOLE, "--frames", "400", "--no-progress", "--out", str(tmp_path / "cli")]
+    args = ["train", *CARTPOLE_ARGV, "--frames", "400", "--no-progress", "--out", str(tmp_path / "cli")]
     subprocess.run([sys.executable, "-m", "softq.rl", *args], cwd=ROOT, check=True, capture_output=True)
     cli = json.loads((tmp_path / "cli" / "config.json").read_text())["starts"][0]["command"]
     assert cli.startswith("python -m softq.rl train ") and "__main__" not in cli
@@ -329,4 +329,4 @@ def test_config_records_the_command_a_reader_would_type(tmp_path):
     again = tmp_path / "again"
     subprocess.run([*py.replace("python", sys.executable, 1).split()[:-2], "--out", str(again)], cwd=ROOT, check=True,
                    capture_output=True)
-    assert _rows(again / "progress.csv") == _rows(tmp_path / "py" / "progress.csv")
+    assert computed_rows(again / "progress.csv") == computed_rows(tmp_path / "py" / "progress.csv")

@@ -24,13 +24,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import inspect
-import re
 import sys
 from pathlib import Path
 
 from softq.rl.a2c import RULES
-from softq.rl.agent import ALGORITHMS
+from softq.rl.agent import ALGORITHMS, field_type
 from softq.rl.runs import config_class
 
 
@@ -48,6 +46,11 @@ def _list(kind):
     return parse
 
 
+def _given(argv: list[str], name: str) -> bool:
+    """Whether the option ``name`` (``--seed``) is spelled out in ``argv``, as ``--seed 3`` or ``--seed=3``."""
+    return any(a == name or a.startswith(name + "=") for a in argv)
+
+
 def _algo(argv: list[str]) -> str:
     """The value of ``--algo`` in ``argv`` (default a2c): it decides which Config's fields are options."""
     pre = argparse.ArgumentParser(add_help=False)
@@ -63,23 +66,14 @@ def _preset(argv: list[str]) -> str | None:
     return pre.parse_known_args(argv)[0].preset
 
 
-_FIELD = re.compile(r"^    (\w+): [^=]+= .*?  # (.*)$")
-_MORE = re.compile(r"^    #\s{2,}(.*)$")
-
-
-def field_help(cls) -> dict[str, str]:
-    """``{field: its comment}`` from the source of a Config dataclass: the text after ``#`` on the field's line,
-    with the ``#   ...`` lines that follow it. What ``train --help`` shows for each option."""
-    out, last = {}, None
-    for line in inspect.getsource(cls).splitlines():
-        if m := _FIELD.match(line):
-            last = m.group(1)
-            out[last] = m.group(2).strip()
-        elif (m := _MORE.match(line)) and last is not None:
-            out[last] += " " + m.group(1).strip()
-        else:
-            last = None
-    return out
+def option_help(f: dataclasses.Field, default) -> str:
+    """``--help``'s text for a Config field, from its :class:`softq.rl.agent.Option`: the meaning, the unit, the
+    allowed values and the default."""
+    opt, kind = f.metadata["option"], field_type(f)
+    unit = f" [{opt.unit}]" if opt.unit else ""
+    named = opt.choices and all(c in opt.help for c in opt.choices)          # the meaning already lists them
+    allowed = "" if (kind is str and not opt.choices) or named else f"; {opt.describe(kind)}"
+    return f"{opt.help}{unit}{allowed} (default {default!r})".replace("%", "%%")
 
 
 def _parser(algo: str = "a2c", preset: str | None = None) -> argparse.ArgumentParser:
@@ -90,7 +84,6 @@ def _parser(algo: str = "a2c", preset: str | None = None) -> argparse.ArgumentPa
                        description=f"Train {algo.upper()} runs. Every field of softq.rl.{algo}.Config is an option.",
                        epilog=f"{other.upper()} has its own options: python -m softq.rl train --algo {other} --help")
     cls = config_class(algo)
-    helps = field_help(cls)
     presets = {}
     if algo == "dqn":
         from softq.rl.dqn import PRESETS as presets
@@ -100,12 +93,14 @@ def _parser(algo: str = "a2c", preset: str | None = None) -> argparse.ArgumentPa
                             "cleanrl (CleanRL's dqn_atari), pong-cpu (softq.rl.dqn.PONG_CPU: Tianshou's Atari DQN, "
                             "Pong in 4M frames on a 2-core CPU)")
     chosen = presets.get(preset or "cleanrl", {})
-    for f in dataclasses.fields(cls):
-        kind = type(f.default)
-        default = chosen.get(f.name, f.default)
-        text = helps.get(f.name, "").replace("%", "%%")
-        t.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=default,
-                       help=f"{text} (default {default!r})" if text else f"(default {default!r})")
+    fields = dataclasses.fields(cls)
+    for title in dict.fromkeys(f.metadata["option"].group for f in fields):
+        group = t.add_argument_group(f"{algo.upper()}: {title}")
+        for f in fields:
+            if f.metadata["option"].group == title:
+                default = chosen.get(f.name, f.default)
+                group.add_argument(f"--{f.name.replace('_', '-')}", type=field_type(f), default=default,
+                                   help=option_help(f, default))
     t.add_argument("--rules", type=_list(str), help=f"A2C: several rules, comma-separated, from {RULES}")
     t.add_argument("--targets", type=_list(str), help="DQN: several targets, comma-separated (hard,soft_kl,soft_ent)")
     t.add_argument("--taus", type=_list(float), help="DQN: several temperatures of the soft targets")
@@ -240,6 +235,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.envs and args.experiment and len(envs) > 1 and "{env}" not in args.experiment:
         parser.error("--experiment names one experiment; with several --envs put {env} in it (a2c-paper-{env}), "
                      "or leave it out (each game's is <algo>-<env>)")
+    for one, several in (("--seed", "--seeds"), ("--rule", "--rules"), ("--target", "--targets"),
+                         ("--tau", "--taus"), ("--n-step", "--n-steps"), ("--env", "--envs")):
+        if _given(argv, one) and _given(argv, several):
+            parser.error(f"{one} and {several} both given: {several} alone names every value")
     if args.algo == "a2c" and (args.targets or args.taus or args.n_steps):
         parser.error("--targets, --taus and --n-steps are DQN options (--algo dqn)")
     if args.algo == "dqn" and args.rules:

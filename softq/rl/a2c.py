@@ -39,7 +39,17 @@ import torch
 
 from softq import config as softq_config
 from softq import losses, regularized
-from softq.rl.agent import NonFiniteLoss, RunConfig, auto_torch_threads, restore_generator
+from softq.rl.agent import (
+    CONTROL,
+    MAX_ENVS,
+    MAX_FRAMES,
+    RUN,
+    NonFiniteLoss,
+    RunConfig,
+    auto_torch_threads,
+    option,
+    restore_generator,
+)
 from softq.rl.envs import CLASSIC_ENVS, VecEnv, make_env
 from softq.rl.nets import make_net
 from softq.rl.optim import OPTIMIZERS, make_optimizer
@@ -66,62 +76,42 @@ CARTPOLE = {"env": "CartPole-v1", "penalty": "kl", "optimizer": "rmsprop_torch",
 
 @dataclass
 class Config(RunConfig):
-    """Every setting of a run. Defaults: the paper's Atari A2C. Bad values raise ValueError naming the field."""
+    """Every setting of a run: the fields every algorithm has (:class:`softq.rl.agent.RunConfig`) and A2C's own.
+    Defaults: the paper's Atari A2C. Bad values raise ValueError naming the field."""
 
     ALGO: ClassVar[str] = "a2c"
 
-    # what to run
-    algo: str = "a2c"  # a2c (this Config) | dqn (softq.rl.dqn.Config: python -m softq.rl train --algo dqn)
-    env: str = "PongNoFrameskip-v4"  # an Atari game (any ale-py ROM) or a classic-control id, e.g. CartPole-v1
-    rule: str = "proper"  # naive (eq 79) | proper (eq 80) | soft_q (Section 6.3)
-    seed: int = 0  # the run's seed: torch, numpy and the environments' seeds (softq.rl.envs.env_seeds)
-    frames: int = 10_000_000  # emulator frames where the run stops (4 per agent step on Atari; the paper: 320M)
-    # the algorithm (the paper's A2C)
-    penalty: str = "entropy"  # entropy: r + tau H (Figure 1's EntRL, Section 6.3) | kl: r - tau KL[pi || uniform]
-    num_envs: int = 16  # environments stepped side by side (B); a rollout is T x B transitions
-    num_steps: int = 5  # rollout length T
-    optimizer: str = "rmsprop_tf"  # rmsprop_tf: TensorFlow's (baselines'), softq.rl.optim | rmsprop_torch
-    lr: float = 7e-4  # the learning rate at the start of the schedule
-    lr_schedule: str = "linear"  # linear: to 0 at `schedule_frames` (baselines' a2c.learn) | constant (run_atari)
-    schedule_frames: int = 320_000_000  # the schedule's horizon in frames (the paper's budget); 0: = `frames`
-    rms_alpha: float = 0.99  # RMSProp's decay of the squared-gradient average
-    rms_eps: float = 1e-5  # TensorFlow's RMSProp adds eps inside the square root; torch's outside
-    gamma: float = 0.99  # discount
-    tau: float = 0.01  # temperature: the coefficient of the penalty
-    value_coef: float = 0.5  # c in eq (86)
-    max_grad_norm: float = 0.5  # the gradient is clipped to this global norm before each step
-    policy_init_scale: float = 1.0  # orthogonal gain of the policy head (baselines 2017: 1.0; 2018 on: 0.01)
-    hidden: int = 64  # MLP width (classic control only)
-    precision: str = "fp32"  # fp32 | bf16: the network's forward and backward under bf16 autocast (losses fp32)
-    # where and how
-    device: str = "auto"  # auto (CUDA if present) | cpu | cuda | cuda:1
-    env_backend: str = "ale"  # ale (ale-py's C++ vector env) | gymnasium (AsyncVectorEnv + wrappers; Atari only)
-    env_threads: int = 0  # ALE threads; 0: min(num_envs, cores)
-    torch_threads: int = 0  # torch intra-op threads; 0: auto_torch_threads()
-    log_every: int = 100  # updates between CSV rows
-    agreement_every: int = 0  # updates between measurements of proper vs soft_q on the update's batch
-    #   (agreement.csv, softq.rl.compare.agreement_row; a measurement only, the run is unchanged); 0: off
-    checkpoint_minutes: float = 5.0  # wall-clock minutes between checkpoints (0: only by count and at the end)
-    checkpoint_every: int = 0  # updates between checkpoints (0: off); for tests
-    time_limit_minutes: float = 0.0  # stop (after a checkpoint) when this much time has passed; 0: no limit
+    algo: str = option("a2c", "the algorithm: a2c (this Config) | dqn (softq.rl.dqn.Config)", group=RUN)
+    rule: str = option("proper", "the update rule: naive (eq 79) | proper (eq 80) | soft_q (Section 6.3)",
+                       choices=RULES, group=RUN)
+    penalty: str = option("entropy", "entropy: r + tau H (Figure 1's EntRL, Section 6.3) | kl: r - tau KL[pi || "
+                          "uniform]", choices=regularized.PENALTIES)
+    num_envs: int = option(16, "environments stepped side by side (B); a rollout is T x B transitions",
+                           unit="environments", low=1, high=MAX_ENVS)
+    num_steps: int = option(5, "the rollout's length T", unit="agent steps", low=1, high=10_000)
+    optimizer: str = option("rmsprop_tf", "rmsprop_tf: TensorFlow's (baselines'), softq.rl.optim | rmsprop_torch",
+                            choices=OPTIMIZERS)
+    lr: float = option(7e-4, "the learning rate at the start of the schedule", low=0, low_open=True)
+    lr_schedule: str = option("linear", "linear: to 0 at schedule_frames (baselines' a2c.learn) | constant "
+                              "(run_atari)", choices=("linear", "constant"))
+    schedule_frames: int = option(320_000_000, "the learning rate's horizon (the paper's budget); 0: the run's "
+                                  "frames", unit="frames", low=0, high=MAX_FRAMES)
+    rms_alpha: float = option(0.99, "RMSProp's decay of the squared-gradient average", low=0, high=1)
+    rms_eps: float = option(1e-5, "RMSProp's epsilon: TensorFlow's adds it inside the square root, torch's "
+                            "outside", low=0, low_open=True)
+    tau: float = option(0.01, "the temperature: the coefficient of the penalty", low=0, low_open=True)
+    value_coef: float = option(0.5, "c in eq (86), the value loss's weight", low=0)
+    max_grad_norm: float = option(0.5, "the gradient is clipped to this global norm before each step", low=0,
+                                  low_open=True)
+    policy_init_scale: float = option(1.0, "the orthogonal gain of the policy head (baselines 2017: 1.0; 2018 on: "
+                                      "0.01)", low=0, low_open=True)
+    env_backend: str = option("ale", "ale (ale-py's C++ vector env) | gymnasium (AsyncVectorEnv + wrappers; Atari "
+                              "only)", choices=("ale", "gymnasium"), group=CONTROL)
+    agreement_every: int = option(0, "how often proper and soft_q are compared on the update's batch (agreement.csv, "
+                                  "softq.rl.compare; a measurement only, the run is unchanged); 0: off",
+                                  unit="updates", low=0, control=True, group=CONTROL)
 
-    def __post_init__(self) -> None:
-        if self.rule not in RULES:
-            raise self.bad("rule", f"must be one of {RULES}")
-        self.check_common()
-        self.require("int>=0", "schedule_frames", "agreement_every")
-        self.require("int>=1", "num_envs", "num_steps")
-        self.require("number>0", "lr", "rms_eps", "tau", "max_grad_norm", "policy_init_scale")
-        self.require("number>=0", "value_coef")
-        self.require("unit", "rms_alpha")
-        if self.lr_schedule not in ("linear", "constant"):
-            raise self.bad("lr_schedule", "must be 'linear' or 'constant'")
-        if self.penalty not in regularized.PENALTIES:
-            raise self.bad("penalty", f"must be one of {regularized.PENALTIES}")
-        if self.optimizer not in OPTIMIZERS:
-            raise self.bad("optimizer", f"must be one of {OPTIMIZERS}")
-        if self.env_backend not in ("ale", "gymnasium"):
-            raise self.bad("env_backend", "must be 'ale' or 'gymnasium'")
+    def validate(self) -> None:
         if self.env_backend == "gymnasium" and self.env in CLASSIC_ENVS:
             raise self.bad("env_backend", f"'gymnasium' is for Atari games only (env={self.env!r})")
 

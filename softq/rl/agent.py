@@ -67,56 +67,147 @@ def restore_generator(gen: torch.Generator | None, state: torch.Tensor | None, d
 # --- configs ---------------------------------------------------------------------------------------------------
 
 
-class RunConfig:
-    """The base of every algorithm's ``Config`` (each a dataclass with a default for every field): the checks of the
-    fields every algorithm has, typed checks by name for the rest, and the conversion to and from ``config.json``.
+@dataclass(frozen=True)
+class Option:
+    """What a config field means, declared once beside the field (:func:`option`): the command line's help and the
+    field's check are both generated from it.
 
-    A subclass sets :attr:`ALGO` (its name in :data:`ALGORITHMS`), calls :meth:`check_common` and its own checks in
-    ``__post_init__``, and names a run's variant in ``rule`` (the folder ``results/<experiment>/<rule>/seed<k>``).
-    Bad values raise ``ValueError`` naming the field.
+    ``help``: the meaning; ``unit``: what the number counts (``"frames"``, ``"minutes"``); ``low``/``high``: the
+    allowed range (``low_open``: ``> low`` rather than ``>= low``); ``choices``: the allowed values of a string field;
+    ``control``: the field changes how a run is executed, not what it computes, so it may differ on ``--resume``
+    (devices, threads, checkpoints, time limits, measurements); ``group``: the heading in ``--help``.
+    """
+
+    help: str
+    unit: str = ""
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    choices: tuple[str, ...] = ()
+    control: bool = False
+    group: str = "the algorithm"
+
+    def describe(self, kind: type) -> str:
+        """The allowed values in words: ``"an int >= 1"``, ``"a number in [0, 1]"``, ``"one of fp32, bf16"``."""
+        if self.choices:
+            return "one of " + ", ".join(self.choices)
+        what = "an int" if kind is int else "a number"
+        if self.low is not None and self.high is not None:
+            return f"{what} in {'(' if self.low_open else '['}{_number(self.low)}, {_number(self.high)}]"
+        if self.low is not None:
+            return f"{what} {'>' if self.low_open else '>='} {_number(self.low)}"
+        return what if kind in (int, float) else "a string"
+
+    def admits(self, kind: type, value: Any) -> bool:
+        """Whether ``value`` is of the field's ``kind`` (a float field takes an int; no bools) and in range."""
+        if self.choices:
+            return value in self.choices
+        if kind is str:
+            return isinstance(value, str)
+        if isinstance(value, bool) or not isinstance(value, int if kind is int else int | float):
+            return False
+        if not math.isfinite(value):
+            return False
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return self.high is None or value <= self.high
+
+
+def _number(x: float) -> str:
+    """``x`` as a reader types it: ``0``, ``4096``, ``2147483647``, ``1e+11`` (a power of ten), ``0.5``."""
+    if float(x).is_integer() and abs(x) >= 1e7 and math.log10(abs(x)).is_integer():
+        return f"{x:.0e}"
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
+def option(default: Any, help: str, **spec: Any) -> Any:
+    """A config field with its :class:`Option`: ``lr: float = option(7e-4, "the learning rate", low=0,
+    low_open=True)``."""
+    return dataclasses.field(default=default, metadata={"option": Option(help, **spec)})
+
+
+def options(cls) -> dict[str, tuple[dataclasses.Field, Option]]:
+    """``{name: (field, its Option)}`` for every field of the config class ``cls``, in declaration order."""
+    return {f.name: (f, f.metadata["option"]) for f in dataclasses.fields(cls)}
+
+
+def field_type(f: dataclasses.Field) -> type:
+    """The Python type of a config field (``int``, ``float`` or ``str``), from its declared annotation."""
+    kind = {"int": int, "float": float, "str": str}.get(f.type) if isinstance(f.type, str) else f.type
+    if kind not in (int, float, str):
+        raise TypeError(f"config field {f.name}: type {f.type!r} is not int, float or str")
+    return kind
+
+
+#: The most frames a run may ask for (the paper's A2C: 320M; a billion-frame DQN study fits 100 times over).
+MAX_FRAMES = 10**11
+#: The most environments a run may step side by side (each holds an emulator and a frame stack).
+MAX_ENVS = 4096
+RUN, CONTROL = "what to run", "where and how"
+
+
+@dataclass
+class RunConfig:
+    """The base of every algorithm's ``Config``: the fields every algorithm has, declared with :func:`option` as
+    every field is, the checks generated from those declarations, and the conversion to and from ``config.json``.
+
+    A subclass is a dataclass that sets :attr:`ALGO` (its name in :data:`ALGORITHMS`) and redeclares ``algo`` with
+    that default, declares its own fields with :func:`option`, puts the checks that involve several fields in
+    :meth:`validate`, and names a run's variant in ``rule`` (the folder ``results/<experiment>/<rule>/seed<k>``).
+    A field redeclared with another default keeps its place. Bad values raise ``ValueError`` naming the field.
     """
 
     ALGO: ClassVar[str]
+
+    algo: str = option("", "the algorithm: a2c (softq.rl.a2c.Config) | dqn (softq.rl.dqn.Config)", group=RUN)
+    env: str = option("PongNoFrameskip-v4", "an Atari game (any ale-py ROM) or a classic-control id, e.g. "
+                      "CartPole-v1", group=RUN)
+    seed: int = option(0, "the run's seed: torch, numpy and the environments' seeds (softq.rl.envs.env_seeds)",
+                       low=0, high=2**31 - 1, group=RUN)
+    frames: int = option(10_000_000, "where the run stops", unit="emulator frames (4 per agent step on Atari)",
+                         low=1, high=MAX_FRAMES, group=RUN)
+    gamma: float = option(0.99, "the discount", low=0, high=1)
+    hidden: int = option(64, "the MLP's width (classic control only)", unit="units", low=1, high=65536)
+    precision: str = option("fp32", "the network's arithmetic: fp32, or bf16 autocast (the losses stay float32)",
+                            choices=PRECISIONS)
+    device: str = option("auto", "auto (CUDA if present) | cpu | cuda | cuda:1", control=True, group=CONTROL)
+    env_threads: int = option(0, "the emulators' threads; 0: min(num_envs, cores)", low=0, high=MAX_ENVS,
+                              control=True, group=CONTROL)
+    torch_threads: int = option(0, "torch's intra-op threads; 0: softq.rl.agent.auto_torch_threads", low=0,
+                                high=1024, control=True, group=CONTROL)
+    log_every: int = option(100, "how often progress.csv gets a row", unit="updates", low=1, group=CONTROL)
+    checkpoint_minutes: float = option(5.0, "time between checkpoints (0: only by count and at the end)",
+                                       unit="wall-clock minutes", low=0, control=True, group=CONTROL)
+    checkpoint_every: int = option(0, "updates between checkpoints (0: off); for tests", unit="updates", low=0,
+                                   control=True, group=CONTROL)
+    time_limit_minutes: float = option(0.0, "stop (after a checkpoint) when this much time has passed; 0: no limit",
+                                       unit="wall-clock minutes", low=0, control=True, group=CONTROL)
+
+    def __post_init__(self) -> None:
+        if self.algo != self.ALGO:
+            raise self.bad("algo", f"must be {self.ALGO!r} for {type(self).__module__}.{type(self).__name__}")
+        for name, (f, opt) in options(type(self)).items():
+            if not opt.admits(field_type(f), getattr(self, name)):
+                raise self.bad(name, f"must be {opt.describe(field_type(f))}")
+        from softq.rl.envs import CLASSIC_ENVS, is_atari
+
+        if self.env not in CLASSIC_ENVS:
+            is_atari(self.env)  # ValueError naming an unknown game
+        if self.device != "auto":
+            softq_config.device(self.device)  # ValueError naming the device if it is unknown or absent
+        self.validate()
+
+    def validate(self) -> None:
+        """The algorithm's checks that involve more than one field (each field's own range is already checked)."""
 
     def bad(self, name: str, why: str) -> ValueError:
         """The error for field ``name``: ``"<name> <why>, got <value>"``."""
         return ValueError(f"{name} {why}, got {getattr(self, name)!r}")
 
-    def require(self, kind: str, *names: str) -> None:
-        """Check that each field in ``names`` is of ``kind``: ``"int>=0"``, ``"int>=1"``, ``"number>0"`` (finite),
-        ``"number>=0"`` (finite) or ``"unit"`` (a number in [0, 1])."""
-        for name in names:
-            v = getattr(self, name)
-            is_int = isinstance(v, int) and not isinstance(v, bool)
-            is_num = isinstance(v, int | float) and not isinstance(v, bool)
-            if kind == "int>=0" and not (is_int and v >= 0):
-                raise self.bad(name, "must be an int >= 0")
-            if kind == "int>=1" and not (is_int and v >= 1):
-                raise self.bad(name, "must be an int >= 1")
-            if kind == "number>0" and not (is_num and math.isfinite(v) and v > 0):
-                raise self.bad(name, "must be a finite number > 0")
-            if kind == "number>=0" and not (is_num and math.isfinite(v) and v >= 0):
-                raise self.bad(name, "must be a finite number >= 0")
-            if kind == "unit" and not (is_num and 0 <= v <= 1):
-                raise self.bad(name, "must lie in [0, 1]")
-
-    def check_common(self) -> None:
-        """The fields every algorithm has: ``algo``, ``env``, ``seed``, ``frames``, ``gamma``, ``precision``,
-        ``device`` and the run-control fields (threads, logging, checkpoints, time limit)."""
-        from softq.rl.envs import CLASSIC_ENVS, is_atari
-
-        if self.algo != self.ALGO:
-            raise self.bad("algo", f"must be {self.ALGO!r} for {type(self).__module__}.{type(self).__name__}")
-        if self.env not in CLASSIC_ENVS:
-            is_atari(self.env)  # ValueError naming an unknown game
-        self.require("int>=0", "seed", "env_threads", "torch_threads", "checkpoint_every")
-        self.require("int>=1", "frames", "hidden", "log_every")
-        self.require("number>=0", "checkpoint_minutes", "time_limit_minutes")
-        self.require("unit", "gamma")
-        if self.precision not in PRECISIONS:
-            raise self.bad("precision", f"must be one of {PRECISIONS}")
-        if self.device != "auto":
-            softq_config.device(self.device)  # ValueError naming the device if it is unknown or absent
+    @classmethod
+    def control_fields(cls) -> tuple[str, ...]:
+        """The fields that may differ on ``--resume``: they change how a run executes, not what it computes."""
+        return tuple(name for name, (_, opt) in options(cls).items() if opt.control)
 
     @property
     def rule(self) -> str:  # pragma: no cover - every algorithm defines it

@@ -41,6 +41,7 @@ import numpy as np
 from softq import config as softq_config
 from softq.rl import dqn
 from softq.rl.a2c import A2C, Config
+from softq.rl.agent import MAX_FRAMES
 from softq.rl.envs import make_env
 from softq.rl.graph_check import compare_update_paths
 from softq.rl.runs import machine, versions
@@ -92,7 +93,7 @@ def a2c_phases(game: str = "pong", num_envs: int = 16, seconds: float = 5.0, dev
     import torch
 
     cores = softq_config.cores()
-    cfg = Config(env=game, rule="proper", frames=10**12, num_envs=num_envs, device=device, precision=precision,
+    cfg = Config(env=game, rule="proper", frames=MAX_FRAMES, num_envs=num_envs, device=device, precision=precision,
                  env_threads=min(num_envs, cores), torch_threads=cores)
     agent = A2C(cfg)
     agent.step()  # a real rollout to act on; allocations
@@ -175,7 +176,7 @@ def _graph_check(game: str, device: str, threads: int) -> dict[str, Any] | str:
     checks = {}
     for target, n in (("hard", 1), ("soft_ent", 5)):
         cfg = dqn.Config(env=game, target=target, tau=0.1, n_step=n, num_envs=8, buffer_size=100_000,
-                         frames=10**12, env_threads=min(threads, 8), device=device)
+                         frames=MAX_FRAMES, env_threads=min(threads, 8), device=device)
         res = compare_update_paths(cfg)
         checks[f"{target}_n{n}"] = res
         for r in res["results"]:
@@ -221,10 +222,10 @@ def side_by_side(old_root: str | Path, reps: int = 3, seconds: float = 15.0, gam
         raise ValueError(f"old_root must be a checkout of softq (no softq/rl/bench.py under {old_root!r})")
     threads = min(num_envs, softq_config.cores())
     common = {
-        "a2c": {"env": game, "rule": "proper", "frames": 10**12, "num_envs": num_envs, "env_threads": threads,
+        "a2c": {"env": game, "rule": "proper", "frames": MAX_FRAMES, "num_envs": num_envs, "env_threads": threads,
                 "device": "cpu"},
         "dqn": {"algo": "dqn", "env": game, "target": "hard", "num_envs": dqn_num_envs, "learning_starts": 2000,
-                "frames": 10**12, "env_threads": min(threads, dqn_num_envs), "device": "cpu"},
+                "frames": MAX_FRAMES, "env_threads": min(threads, dqn_num_envs), "device": "cpu"},
     }
     chosen = [v for v in variants if v[2] in what]
     runs: dict[str, list[float]] = {label: [] for label, *_ in chosen}
@@ -273,7 +274,7 @@ def run_bench(game: str = "pong", num_envs: int = 16, threads: int = 0, seconds:
     if unknown:
         raise ValueError(f"what must name some of 'a2c', 'dqn', 'graph', 'phases', got {unknown}")
     threads = threads or min(num_envs, softq_config.cores())
-    cfg = Config(env=game, rule="proper", frames=10**12, num_envs=num_envs, env_threads=threads, device=device)
+    cfg = Config(env=game, rule="proper", frames=MAX_FRAMES, num_envs=num_envs, env_threads=threads, device=device)
     record: dict[str, Any] = {
         "what": "agent steps per second (1 step = 4 frames); A2C = rollouts + updates, rule proper",
         "game": game, "num_envs": num_envs, "env_threads": threads, "seconds_each": seconds,
@@ -310,12 +311,12 @@ def run_bench(game: str = "pong", num_envs: int = 16, threads: int = 0, seconds:
                 variants += [("hard", 1, "off"), ("soft_ent", 5, "off")]
             for target, n, graph in variants:
                 cfg = dqn.Config(env=game, target=target, tau=0.1, n_step=n, num_envs=b, learning_starts=2000,
-                                 frames=10**12, env_threads=min(threads, b), device=device, cuda_graph=graph)
+                                 frames=MAX_FRAMES, env_threads=min(threads, b), device=device, cuda_graph=graph)
                 key = f"dqn_{target}_n{n}_B{b}" + ("_eager" if graph == "off" else "")
                 figures[key] = _time_dqn(cfg, seconds)
                 print(f"{key:24s} {figures[key]:9.0f} env steps/s", flush=True)
         for n in (1, 5):
-            cfg = dqn.Config(env=game, n_step=n, num_envs=dqn_num_envs[0], frames=10**12, device=device,
+            cfg = dqn.Config(env=game, n_step=n, num_envs=dqn_num_envs[0], frames=MAX_FRAMES, device=device,
                              env_threads=min(threads, dqn_num_envs[0]))
             key = f"replay_sample_n{n}_batches_per_s"
             figures[key] = _time_replay(cfg, seconds)

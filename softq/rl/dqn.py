@@ -71,7 +71,18 @@ import torch.nn.functional as F
 
 from softq import config as softq_config
 from softq import losses, regularized
-from softq.rl.agent import PRECISIONS, NonFiniteLoss, RunConfig, auto_torch_threads, restore_generator
+from softq.rl.agent import (
+    CONTROL,
+    MAX_ENVS,
+    MAX_FRAMES,
+    PRECISIONS,
+    RUN,
+    NonFiniteLoss,
+    RunConfig,
+    auto_torch_threads,
+    option,
+    restore_generator,
+)
 from softq.rl.envs import CLASSIC_ENVS, VecEnv, make_env
 from softq.rl.nets import make_q_net
 from softq.rl.replay import FrameReplay
@@ -112,64 +123,48 @@ COLUMNS = ("frames", "updates", "grad_steps", "episodes", "score_mean100", "scor
 
 @dataclass
 class Config(RunConfig):
-    """Every setting of a DQN run; defaults: CleanRL's dqn_atari (module docstring). Bad values raise ValueError."""
+    """Every setting of a DQN run: the fields every algorithm has (:class:`softq.rl.agent.RunConfig`) and DQN's own.
+    Defaults: CleanRL's dqn_atari (module docstring). Bad values raise ValueError naming the field."""
 
     ALGO: ClassVar[str] = "dqn"
 
-    # what to run
-    algo: str = "dqn"  # dqn (this Config) | a2c (softq.rl.a2c.Config)
-    env: str = "PongNoFrameskip-v4"  # an Atari game (any ale-py ROM) or a classic-control id, e.g. CartPole-v1
-    target: str = "hard"  # hard (eq 81) | soft_kl (eq 82, corrected) | soft_ent (eq 83, corrected)
-    tau: float = 0.1  # temperature of the soft targets (the paper: 0.1 and 0.01); unused by hard
-    n_step: int = 1  # lookahead n of the target (the paper: 1 and 5)
-    seed: int = 0  # the run's seed: torch, numpy and the environments' seeds (softq.rl.envs.env_seeds)
-    frames: int = 10_000_000  # emulator frames where the run stops (4 per agent step on Atari)
-    # the algorithm
-    num_envs: int = 8  # environments stepped side by side; one vector step is num_envs env steps
-    buffer_size: int = 1_000_000  # transitions
-    batch_size: int = 32  # transitions per gradient step
-    lr: float = 1e-4  # Adam's learning rate
-    adam_eps: float = 1e-8  # Adam's epsilon
-    gamma: float = 0.99  # discount
-    learning_starts: int = 80_000  # env steps before the first gradient step
-    train_frequency: int = 4  # env steps per gradient step
-    target_update: int = 1000  # env steps between copies of the online network into the target network
-    eps_start: float = 1.0  # epsilon-greedy: epsilon at the start of its schedule
-    eps_end: float = 0.01  # ... and at its end (then constant)
-    exploration_fraction: float = 0.1  # fraction of the schedule's horizon over which epsilon decays linearly
-    schedule_frames: int = -1  # the horizon of epsilon's schedule, in frames: -1 (auto): 40M on Atari
-    #   (Figure 2's budget), `frames` on classic control; 0: `frames` (the run's own length); > 0: that many frames
-    loss: str = "mse"  # mse: soft_q_loss, 1/2 (Q - y)^2 (eq 44) | huber: smooth L1, delta 1
-    max_grad_norm: float = 0.0  # 0: no clipping (CleanRL)
-    hidden: int = 64  # MLP width (classic control only)
-    precision: str = "fp32"  # fp32 | bf16: the convolutions under bf16 autocast (DQN.q_values); the rest float32
-    # where and how
-    device: str = "auto"  # auto (CUDA if present) | cpu | cuda | cuda:1
-    cuda_graph: str = "auto"  # auto: on with CUDA, off on CPU | on | off
-    env_threads: int = 0  # ALE threads; 0: min(num_envs, cores)
-    torch_threads: int = 0  # torch intra-op threads; 0: automatic (softq.rl.a2c.auto_torch_threads)
-    checkpoint_replay_mb: float = 256.0  # save the replay in checkpoints when it is at most this large (and the envs)
-    log_every: int = 1000  # vector steps between CSV rows
-    checkpoint_minutes: float = 5.0  # wall-clock minutes between checkpoints (0: only by count and at the end)
-    checkpoint_every: int = 0  # vector steps between checkpoints (0: off); for tests
-    time_limit_minutes: float = 0.0  # stop (after a checkpoint) when this much time has passed; 0: no limit
+    algo: str = option("dqn", "the algorithm: dqn (this Config) | a2c (softq.rl.a2c.Config)", group=RUN)
+    log_every: int = option(1000, "how often progress.csv gets a row", unit="vector steps", low=1, group=CONTROL)
+    checkpoint_every: int = option(0, "vector steps between checkpoints (0: off); for tests", unit="vector steps",
+                                   low=0, control=True, group=CONTROL)
+    target: str = option("hard", "the regression target: hard (eq 81) | soft_kl (eq 82, corrected) | soft_ent "
+                         "(eq 83, corrected)", choices=TARGETS, group=RUN)
+    tau: float = option(0.1, "the temperature of the soft targets (the paper: 0.1 and 0.01); unused by hard", low=0,
+                        low_open=True, group=RUN)
+    n_step: int = option(1, "the target's lookahead n (the paper: 1 and 5)", unit="agent steps", low=1, high=1000,
+                         group=RUN)
+    num_envs: int = option(8, "environments stepped side by side; one vector step is num_envs env steps",
+                           unit="environments", low=1, high=MAX_ENVS)
+    buffer_size: int = option(1_000_000, "the replay's capacity", unit="transitions", low=1, high=10**9)
+    batch_size: int = option(32, "transitions per gradient step", unit="transitions", low=1, high=2**20)
+    lr: float = option(1e-4, "Adam's learning rate", low=0, low_open=True)
+    adam_eps: float = option(1e-8, "Adam's epsilon", low=0, low_open=True)
+    learning_starts: int = option(80_000, "env steps before the first gradient step", unit="env steps", low=0)
+    train_frequency: int = option(4, "env steps per gradient step", unit="env steps", low=1)
+    target_update: int = option(1000, "env steps between copies of the online network into the target network",
+                                unit="env steps", low=1)
+    eps_start: float = option(1.0, "epsilon-greedy: epsilon at the start of its schedule", low=0, high=1)
+    eps_end: float = option(0.01, "epsilon at the end of its schedule (then constant)", low=0, high=1)
+    exploration_fraction: float = option(0.1, "the fraction of the schedule's horizon over which epsilon decays "
+                                         "linearly", low=0, high=1)
+    schedule_frames: int = option(-1, "the horizon of epsilon's schedule: -1 (auto): 40M on Atari (Figure 2's "
+                                  "budget), frames on classic control; 0: frames (the run's own length); > 0: that "
+                                  "many frames", unit="frames", low=-1, high=MAX_FRAMES)
+    loss: str = option("mse", "mse: soft_q_loss, 1/2 (Q - y)^2 (eq 44) | huber: smooth L1, delta 1",
+                       choices=("mse", "huber"))
+    max_grad_norm: float = option(0.0, "the gradient is clipped to this global norm; 0: no clipping (CleanRL)",
+                                  low=0)
+    cuda_graph: str = option("auto", "auto: on with CUDA, off on CPU | on | off", choices=("auto", "on", "off"),
+                             control=True, group=CONTROL)
+    checkpoint_replay_mb: float = option(256.0, "checkpoints hold the replay (and the envs) when it is at most this "
+                                         "large", unit="MB", low=0, control=True, group=CONTROL)
 
-    def __post_init__(self) -> None:
-        if self.target not in TARGETS:
-            raise self.bad("target", f"must be one of {TARGETS}")
-        self.check_common()
-        self.require("int>=0", "learning_starts")
-        self.require("int>=1", "num_envs", "n_step", "buffer_size", "batch_size", "train_frequency", "target_update")
-        self.require("number>0", "lr", "adam_eps", "tau")
-        self.require("number>=0", "max_grad_norm", "checkpoint_replay_mb")
-        self.require("unit", "eps_start", "eps_end", "exploration_fraction")
-        if isinstance(self.schedule_frames, bool) or not isinstance(self.schedule_frames, int) \
-                or self.schedule_frames < -1:
-            raise self.bad("schedule_frames", "must be an int >= 0, or -1 (auto)")
-        if self.loss not in ("mse", "huber"):
-            raise self.bad("loss", "must be 'mse' or 'huber'")
-        if self.cuda_graph not in ("auto", "on", "off"):
-            raise self.bad("cuda_graph", "must be 'auto', 'on' or 'off'")
+    def validate(self) -> None:
         if self.buffer_size // self.num_envs < self.n_step + 6:
             raise self.bad("buffer_size", f"must hold at least {(self.n_step + 6) * self.num_envs} transitions "
                                           f"(num_envs={self.num_envs}, n_step={self.n_step})")

@@ -30,8 +30,8 @@ from typing import IO, Any
 
 import numpy as np
 
-__all__ = ["RunFolder", "RunBusy", "atomic_write_bytes", "load_checkpoint", "read_log", "read_runs", "has_runs",
-           "run_record", "run_records"]
+__all__ = ["RunFolder", "RunBusy", "TIMING_COLUMNS", "atomic_write_bytes", "load_checkpoint", "read_log",
+           "computed_rows", "read_runs", "has_runs", "run_record", "run_records"]
 
 
 class RunBusy(RuntimeError):
@@ -212,6 +212,17 @@ class RunFolder:
 
 
 # --- reading an experiment: every run folder of <experiment>/<rule>/seed<k> ---------------------------------
+
+
+#: The columns of ``progress.csv`` that measure time: two runs that compute the same thing differ only there.
+TIMING_COLUMNS = ("sps", "wall_s")
+
+
+def computed_rows(path: str | Path, drop: tuple[str, ...] = TIMING_COLUMNS) -> list[dict[str, str]]:
+    """The rows of a CSV log as text, without the columns in ``drop`` (by default the timing): what two runs that
+    compute the same thing share byte for byte."""
+    with open(path, newline="") as f:
+        return [{k: v for k, v in r.items() if k not in drop} for r in csv.DictReader(f)]
 
 
 def read_log(path: str | Path, x: str, y: str) -> tuple[np.ndarray, np.ndarray]:

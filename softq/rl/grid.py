@@ -44,8 +44,8 @@ def expand(base: Any, *, envs: list[str] | None = None, seeds: list[int] | None 
     """The configs of a grid: ``base`` (an algorithm's config) with every env x seed x variant, seed-major within each
     env (seed 0 of every variant first, so that a comparison exists early). Each list left out keeps ``base``'s
     value. A2C's variants are its ``rules``; DQN's are ``targets`` x ``taus`` x ``n_steps``, where the standard
-    target ``hard`` has no temperature and takes ``base.tau`` once. Options of the other algorithm raise
-    ``ValueError`` naming them; so does a bad value (each config is validated)."""
+    target ``hard`` has no temperature and takes ``base.tau`` once (``taus`` with no soft target is an error). Options
+    of the other algorithm raise ``ValueError`` naming them; so does a bad value (each config is validated)."""
     if base.algo == "a2c":
         if targets or taus or n_steps:
             raise ValueError("targets, taus and n_steps are DQN options (algo dqn)")
@@ -53,6 +53,8 @@ def expand(base: Any, *, envs: list[str] | None = None, seeds: list[int] | None 
     else:
         if rules:
             raise ValueError("rules is an A2C option; DQN takes targets, taus, n_steps")
+        if taus and all(t == "hard" for t in targets or [base.target]):
+            raise ValueError("taus: the standard target hard has no temperature (name a soft target in targets)")
         variants = [{"target": target, "tau": tau, "n_step": n}
                     for target in targets or [base.target]
                     for tau in ([base.tau] if target == "hard" else taus or [base.tau])

@@ -51,7 +51,7 @@ from typing import Any
 import torch
 
 from softq import config as softq_config
-from softq.rl.agent import NonFiniteLoss, algorithm, auto_torch_threads, make_agent
+from softq.rl.agent import ALGORITHMS, NonFiniteLoss, algorithm, auto_torch_threads, make_agent
 from softq.rl.envs import protocol
 from softq.rl.folder import RunBusy, RunFolder, load_checkpoint
 
@@ -59,9 +59,9 @@ __all__ = ["RUN_CONTROL", "RunBusy", "load_checkpoint", "config_diff", "run_dir"
            "versions", "machine", "config_class", "make_agent", "train", "launch", "train_many", "core_slots",
            "split_threads"]
 
-#: Config fields that may change on --resume (they do not change what is computed).
-RUN_CONTROL = ("device", "env_threads", "torch_threads", "checkpoint_minutes", "checkpoint_every",
-               "time_limit_minutes", "cuda_graph", "checkpoint_replay_mb", "agreement_every")
+#: Config fields that may change on --resume (they do not change what is computed), of every algorithm: those
+#: declared ``control=True`` (:meth:`softq.rl.agent.RunConfig.control_fields`).
+RUN_CONTROL = tuple(dict.fromkeys(name for a in ALGORITHMS.values() for name in a.config.control_fields()))
 
 
 def config_class(algo: str):
@@ -74,7 +74,8 @@ def config_diff(saved: dict[str, Any], cfg) -> dict[str, tuple[Any, Any]]:
     ``config.json``'s ``"config"``, or a checkpoint's) differs; fields missing from ``saved`` take the Config's
     defaults (an older run)."""
     saved_cfg = type(cfg).from_dict(saved).as_dict()
-    return {k: (saved_cfg[k], v) for k, v in cfg.as_dict().items() if k not in RUN_CONTROL and saved_cfg[k] != v}
+    control = type(cfg).control_fields()
+    return {k: (saved_cfg[k], v) for k, v in cfg.as_dict().items() if k not in control and saved_cfg[k] != v}
 
 
 def run_dir(results: str | Path, experiment: str, rule: str, seed: int) -> Path:
