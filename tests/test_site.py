@@ -1,9 +1,12 @@
 """softq.site: the Markdown prepared for the web, and the built site opened in a real browser (headless Chromium)."""
 
+import html
+import json
 import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -69,6 +72,15 @@ def test_math_code_and_existing_links_are_left_alone():
     assert "(eq-24)=\n$$\nq \\tag{24}\n$$" in out  # the display carries the target
 
 
+def test_links_to_a_chapters_source_point_to_its_page():
+    """A link to ``NN_name.md`` (what GitHub and Lab open) becomes a link to that chapter's page on the site, with its
+    anchor; other links are left alone."""
+    text = "the appendix [Training Atari](98_atari_on_a_cpu.md), [errata](99_equation_index.md#errata), [x](x.md)"
+    out = site.prepare_markdown(text, REFS, "06_a2c_entropy")
+    assert "[Training Atari](98_atari_on_a_cpu.ipynb)" in out and "[errata](99_equation_index.ipynb#errata)" in out
+    assert "[x](x.md)" in out
+
+
 def test_numbered_headings_get_targets_and_keep_their_text():
     out = site.prepare_markdown("## 1.5 The gradient (eqs 15–23)\n\nbody eq 15", REFS, "01_bandit")
     assert out.startswith("(sec-1-5)=\n## 1.5 The gradient (eqs 15–23)\n")
@@ -121,6 +133,40 @@ def _rendered(url: str, profile) -> str:
     return done.stdout
 
 
+#: Loads every chapter page in a 1400-pixel-wide frame and reports, per page, the code (code cells and code blocks,
+#: not a cell's printed output) and displayed equations wider than their box (they would scroll sideways), each by
+#: its longest line or its TeX.
+_OVERFLOW_PROBE = """<html><body>{frames}<script>
+addEventListener('load', () => setTimeout(() => {{
+  const report = {{}};
+  for (const f of document.querySelectorAll('iframe')) {{
+    const d = f.contentDocument, wide = el => el.scrollWidth > el.clientWidth + 1;
+    report[f.getAttribute('src')] = {{
+      code: [...d.querySelectorAll('div.cell_input pre, div.highlight pre')].filter(p =>
+        !p.closest('.cell_output') && wide(p)).map(p =>
+        p.textContent.split('\\n').reduce((a, b) => a.length >= b.length ? a : b).trim()),
+      math: [...d.querySelectorAll('mjx-container[display="true"]')].filter(wide).map(e =>
+        f.contentWindow.MathJax.startup.document.getMathItemsWithin(e)[0].math.slice(0, 80))}};
+  }}
+  document.body.setAttribute('data-report', JSON.stringify(report));
+}}, 3000));
+</script></body></html>"""
+
+
+def _overflowing(site_dir: Path, profile) -> dict[str, dict[str, list[str]]]:
+    """``{page: {"code": [...], "math": [...]}}``: what scrolls sideways on each chapter page in a 1400x1000 window."""
+    pages = sorted(p.name for p in site_dir.glob("[0-9][0-9]_*.html"))
+    probe = site_dir / "_overflow_probe.html"
+    probe.write_text(_OVERFLOW_PROBE.format(frames="".join(
+        f'<iframe src="{page}" width="1400" height="1000"></iframe>' for page in pages)))
+    dom = subprocess.run([CHROMIUM, *FLAGS, "--allow-file-access-from-files", "--window-size=1400,1000",
+                          f"--user-data-dir={profile}", probe.as_uri()], capture_output=True, text=True, timeout=300,
+                         check=True).stdout
+    report = re.search(r'data-report="([^"]*)"', dom)
+    assert report, "the overflow probe did not finish"
+    return json.loads(html.unescape(report.group(1)))
+
+
 def _visible_text(dom: str) -> str:
     return re.sub(r"<(style|script|pre)\b.*?</\1>", "", dom, flags=re.DOTALL)
 
@@ -129,7 +175,8 @@ def _visible_text(dom: str) -> str:
 def test_built_site_in_a_real_browser(tmp_path):
     """The site from one executed chapter (chapter 1, smoke mode) and the others' sources: the index links every
     chapter and says which lack outputs, chapter 1 shows its executed check lines and figure, equations are typeset
-    by the local MathJax (no raw $$, no error box) and search finds a word of chapter 4."""
+    by the local MathJax (no raw $$, no error box), no code cell or displayed equation of any chapter scrolls
+    sideways in a 1400-pixel window, and search finds a word of chapter 4."""
     subprocess.run([sys.executable, "-m", "softq.book", "01", "--smoke", "--out", str(tmp_path / "run")], check=True,
                    capture_output=True, timeout=600)
     index = site.build(out=tmp_path / "site", src=tmp_path / "src", executed=tmp_path / "run" / "notebooks")
@@ -157,6 +204,10 @@ def test_built_site_in_a_real_browser(tmp_path):
         text = _visible_text(dom)
         assert "$$" not in text and "\\tag{" not in text, f"{page}: raw LaTeX shows"
         assert "https://cdn" not in dom and "mathjax/tex-chtml.js" in dom, f"{page}: MathJax is not the local copy"
+    report = _overflowing(index.parent, profile)
+    assert len(report) == len(list(site.NOTEBOOKS.glob("[0-9][0-9]_*.md"))), "a chapter page was not measured"
+    wide = {page: r for page, r in report.items() if r["code"] or r["math"]}
+    assert not wide, f"in a 1400-pixel window these scroll sideways: {wide}"
     found = _rendered((index.parent / "search.html").as_uri() + "?q=dueling", profile)
     assert re.search(r"found \d+ page", found), "search did not finish"
     assert 'href="04_equivalence.html' in found, "search does not find chapter 4's 'dueling'"

@@ -56,6 +56,7 @@ _HEADING_EQS = re.compile(r"\beqs? ([0-9]{1,2})(?:[–-]([0-9]{1,2}))?")
 _FIGURE = re.compile(r"^\*\*Figure ([0-9]{1,2})\.([0-9]+)\.\*\*", re.MULTILINE)  # a caption (98: an appendix)
 _FIGURE_REF = re.compile(r"(?<!\*\*)\bFigure ([0-9]{1,2})\.([0-9]+)\b")
 _EQ_ROW = re.compile(r"^\| ([0-9]{1,2}) \|", re.MULTILINE)  # the appendix's tables: the first column is the eq
+_MD_LINK = re.compile(r"\]\(([0-9]{2}_[A-Za-z0-9_]+)\.md(#[^)]*)?\)")  # a link to a chapter's source: its page
 _SOLUTION = "**Solution.**"
 _CHECK_LINE = re.compile(r"^(ok|errat|FAIL)(\s)")
 
@@ -173,7 +174,7 @@ def prepare_markdown(text: str, refs: References, chapter: str) -> str:
                                                                           or out[-1] == ""):
             out.append(f"({refs.equations.get(tag.group(1), 'eq-' + tag.group(1))})=\n{part}")
         else:
-            out.append(part)
+            out.append(_MD_LINK.sub(r"](\1.ipynb\2)", part) if part.startswith("[") else part)
     return "".join(out)
 
 
