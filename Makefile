@@ -45,8 +45,11 @@ figures: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check softq tests
 
+# The sweep runs in a process of its own: after the other tests, in one process, chapter 5's sweep failed at a
+# derandomized draw that passes alone (some state an earlier test leaves behind; not yet found).
 unit: $(STAMP) browser
-	$(PY) -m pytest tests -q
+	$(PY) -m pytest tests -q --ignore=tests/test_sweep.py
+	$(PY) -m pytest tests/test_sweep.py -q -p no:cacheprovider
 
 # tests/test_site.py opens the site in headless Chromium (Debian's package): installed here if it is missing and
 # apt-get can (root); otherwise that one test is skipped, and says so.
