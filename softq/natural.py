@@ -18,6 +18,9 @@ The objects, each written once:
   :func:`second_order_step` (the ``eps^2`` term of that minimizer): how far the exact solution of (68)/(71)/(78)
   departs from the natural-gradient step.
 - :func:`directional_derivatives`: ``f, Df[v], D^2 f[v, v], ...`` by nested forward mode (eq 67's remainder).
+- :func:`series_coefficients`, :func:`expansion_error` and :func:`expansion_slopes`: how a minimizer's expansion in
+  the step is measured on an instance (the fitted log-log slopes of its remainders, with tolerances derived from the
+  next order and from float64 rounding).
 
 Shapes: ``P`` parameters; per-sample arrays ``[...]`` (any shape, flattened to ``N`` rows: ``[S, A]`` for every
 state-action pair, ``[T]`` for samples); ``scores: [..., P]``. Weights ``[...]`` are non-negative; ``None`` means
@@ -27,11 +30,13 @@ the plain average ``1/N``. Everything is float64. Bad arguments raise ValueError
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch.func import hessian, jacfwd, jacrev, jvp
 
+from softq.bandit import loglog_slope
 from softq.config import DTYPE, generator
 from softq.equivalence import StateActionValueMLP
 from softq.policy_gradient import log_policy
@@ -54,6 +59,9 @@ __all__ = [
     "second_order_step",
     "directional_derivatives",
     "series_coefficients",
+    "expansion_error",
+    "ExpansionSlopes",
+    "expansion_slopes",
 ]
 
 ResidualFn = Callable[[torch.Tensor], torch.Tensor]
@@ -453,3 +461,101 @@ def series_coefficients(eta_a: float, rest_a: torch.Tensor, eta_b: float, rest_b
     w_k = float(rest_b.norm()) / eta_b**order
     w_next = float((rest_b - (eta_b / eta_a) ** order * rest_a).norm()) / (eta_b**order * (eta_b - eta_a))
     return w_k, w_next
+
+
+def expansion_error(eta: float, cond: float, theta_norm: float, w_norms: Sequence[float] = ()) -> float:
+    """A bound on the float64 error of the remainder ``theta*(eta) - theta - eta w1 - eta^2 w2 - ...`` of a minimizer's
+    expansion: ``cond ulp (1 + |theta| + sum_k eta^k |w_k|)``, with ``w_norms = (|w1|, |w2|, ...)`` the subtracted
+    terms.
+
+    Why: the minimizer ``theta*`` solves ``grad L = 0``. Rounding moves the computed gradient by ulps of its terms,
+    and the minimizer by ``H^{-1}`` times that, up to ``cond(H)`` ulps of ``|theta*| <= |theta| + eta |w1| + ...``.
+    For the damped regression of eq (78) near ``theta`` the Hessian is ``tau^2 F`` (its Gauss-Newton part), so
+    ``cond = cond(F)``. Each ``w_k`` solves a linear system with ``F``: ``cond(F)`` ulps of ``|w_k|``.
+    """
+    for name, v in (("eta", eta), ("theta_norm", theta_norm)):
+        if not (isinstance(v, int | float) and math.isfinite(v) and v >= 0):
+            raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
+    if not (isinstance(cond, int | float) and math.isfinite(cond) and cond >= 1):
+        raise ValueError(f"cond must be a finite number >= 1, got {cond!r}")
+    terms = sum(eta ** (k + 1) * float(w) for k, w in enumerate(w_norms))
+    return cond * torch.finfo(DTYPE).eps * (1 + theta_norm + terms)
+
+
+@dataclass(frozen=True)
+class ExpansionSlopes:
+    """What :func:`expansion_slopes` measured: the fitted slopes of ``|gap|`` (order 2) and ``|rest|`` (order 3), the
+    grid points each fit used, each tolerance (``truncation + rounding``) and the next orders ``|w3|``, ``|w4|``."""
+
+    slope2: float
+    tol2: float
+    fit2: tuple[int, ...]
+    slope3: float
+    tol3: float
+    fit3: tuple[int, ...]
+    w3: float
+    w4: float
+
+
+def _rounding_bend(x: list[float], rel: list[float]) -> float:
+    """The most a least-squares log-log slope over ``log x`` can move when each value carries a relative error of at
+    most ``rel[i] < 1``: ``sum_i |xc_i| |log(1 - rel_i)| / sum_i xc_i^2`` (``xc`` = centered ``log x``)."""
+    lx = [math.log(v) for v in x]
+    mean = sum(lx) / len(lx)
+    xc = [v - mean for v in lx]
+    return sum(abs(c) * -math.log1p(-r) for c, r in zip(xc, rel, strict=True)) / sum(c * c for c in xc)
+
+
+def expansion_slopes(etas: Sequence[float], gaps: Sequence[torch.Tensor], rest_vecs: Sequence[torch.Tensor], *,
+                     w1_norm: float, w2_norm: float, theta_norm: float, cond: float, measure_below: float = math.inf,
+                     margin: float = 100.0, bend: float = 0.05) -> ExpansionSlopes:
+    """Fit the log-log slopes of a minimizer's expansion ``theta*(eta) = theta + eta w1 + eta^2 w2 + eta^3 w3 + ...``
+    on a grid of steps, with tolerances derived from the instance.
+
+    ``gaps[i] = |theta*(eta_i) - theta - eta_i w1|`` has slope 2 and ``rest_vecs[i] = theta*(eta_i) - theta - eta_i w1
+    - eta_i^2 w2`` has slope 3, up to two deviations, each bounded and added to the tolerance:
+
+    - **the next order**: ``eta^3 w3`` moves the local slope of ``|gap|`` by at most ``eta |w3|/|w2|``, and ``eta^4
+      w4`` that of ``|rest|`` by ``eta |w4|/|w3|``; twice the bound at the largest fitted ``eta``. ``|w3|`` and
+      ``|w4|`` are measured (:func:`series_coefficients`) from the rests at the two largest resolved ``eta`` below
+      ``measure_below``.
+    - **rounding**: each value carries at most :func:`expansion_error` (``cond`` ulps of the magnitudes involved). A
+      point enters a fit only if its value stands ``margin`` times above that error; the error left bends the fitted
+      slope by at most :func:`_rounding_bend`.
+
+    Each fit uses the resolved points where the next order moves the local slope by at most ``bend`` (at least three
+    points for the gap and two for the rest: the smallest resolved ones). ``etas`` ascending. Raises ValueError when
+    fewer points are resolved: the grid then has to reach larger steps.
+    """
+    n = len(etas)
+    if n < 3 or len(gaps) != n or len(rest_vecs) != n:
+        raise ValueError(f"etas, gaps and rest_vecs must have one length >= 3, got {n}, {len(gaps)}, {len(rest_vecs)}")
+    if any(not (b > a > 0) for a, b in zip(etas, etas[1:], strict=False)) or not etas[0] > 0:
+        raise ValueError(f"etas must be > 0 and ascending, got {list(etas)!r}")
+    if not (isinstance(margin, int | float) and margin > 1 and isinstance(bend, int | float) and bend > 0):
+        raise ValueError(f"margin must be > 1 and bend > 0, got margin={margin!r}, bend={bend!r}")
+    gap = [float(g) for g in gaps]
+    rest = [float(r.norm()) for r in rest_vecs]
+    err_gap = [expansion_error(e, cond, theta_norm, (w1_norm,)) for e in etas]
+    err_rest = [expansion_error(e, cond, theta_norm, (w1_norm, w2_norm)) for e in etas]
+    resolved2 = [i for i in range(n) if gap[i] >= margin * err_gap[i]]
+    resolved3 = [i for i in range(n) if rest[i] >= margin * err_rest[i]]
+    if len(resolved2) < 3 or len(resolved3) < 2:
+        raise ValueError(f"only {len(resolved2)} gaps and {len(resolved3)} rests of the {n} grid points stand "
+                         f"{margin:g}x above their float64 error (cond {cond:.3g}, at the largest step "
+                         f"{err_rest[-1]:.3g}): the grid must reach larger steps")
+    below = [i for i in resolved3 if etas[i] <= measure_below]
+    a, b = below[-2:] if len(below) >= 2 else resolved3[:2]
+    w3, w4 = series_coefficients(etas[a], rest_vecs[a], etas[b], rest_vecs[b], order=3)
+    eta_fit = bend * min(w2_norm / w3, w3 / w4)
+
+    def fit(resolved: list[int], values: list[float], errors: list[float], least: int, ratio: float):
+        idx = [i for i in resolved if etas[i] <= eta_fit]
+        idx = idx if len(idx) >= least else resolved[:least]
+        slope, _ = loglog_slope([etas[i] for i in idx], torch.tensor([values[i] for i in idx], dtype=DTYPE))
+        tol = 2 * etas[idx[-1]] * ratio + _rounding_bend([etas[i] for i in idx], [errors[i] / values[i] for i in idx])
+        return slope, tol, tuple(idx)
+
+    slope2, tol2, fit2 = fit(resolved2, gap, err_gap, 3, w3 / w2_norm)
+    slope3, tol3, fit3 = fit(resolved3, rest, err_rest, 2, w4 / w3)
+    return ExpansionSlopes(slope2, tol2, fit2, slope3, tol3, fit3, w3, w4)

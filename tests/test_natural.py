@@ -275,3 +275,80 @@ def test_minimize_least_squares_says_why_it_stops_without_a_minimizer():
 
     with pytest.raises(RuntimeError, match=r"no convergence in 30 iterations \(loss .*Hessian's eigenvalues from"):
         minimize_least_squares(lambda th: torch.exp(-th), torch.zeros(1, dtype=torch.float64), max_iter=30)
+
+
+def _series(etas, w2, w3, w4, floor=None):
+    """gap(eta) = eta^2 w2 + eta^3 w3 + eta^4 w4 exactly (rest = gap - eta^2 w2), optionally plus a constant vector
+    ``floor``: what a minimizer at its rounding limit leaves."""
+    gaps, rests = [], []
+    for e in etas:
+        rest = e**3 * w3 + e**4 * w4 + (0 if floor is None else floor)
+        rests.append(rest)
+        gaps.append((e**2 * w2 + rest).norm())
+    return gaps, rests
+
+
+def test_expansion_slopes_of_an_exact_series_are_within_their_derived_tolerance():
+    """On an exact three-term series the fitted slopes differ from 2 and 3 by less than each tolerance, for several
+    sizes of the next orders (the tolerance's next-order bound is a bound)."""
+    from softq.natural import expansion_slopes
+
+    w2 = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
+    etas = torch.logspace(-5, -2, 9, dtype=torch.float64).tolist()
+    for c3, c4 in [(1.0, 1.0), (30.0, 100.0), (200.0, 5e4)]:
+        w3, w4 = c3 * torch.tensor([0.3, 1.0, -1.0], dtype=torch.float64), c4 * torch.tensor([1.0, 0.0, 2.0],
+                                                                                              dtype=torch.float64)
+        gaps, rests = _series(etas, w2, w3, w4)
+        fits = expansion_slopes(etas, gaps, rests, w1_norm=1.0, w2_norm=float(w2.norm()), theta_norm=1.0, cond=10.0)
+        assert abs(fits.slope2 - 2) <= fits.tol2 and abs(fits.slope3 - 3) <= fits.tol3, (c3, c4, fits)
+        assert fits.w4 == pytest.approx(float(w4.norm()), rel=0.2) and len(fits.fit2) >= 3 and len(fits.fit3) >= 2
+
+
+def test_expansion_slopes_leave_out_points_at_the_rounding_floor():
+    """A flat floor below the error bound (what cond(F) ulps leave) must not enter a fit: with it in, the slope of the
+    rest would bend far below 3 (the failure a chapter-5 instance with cond(F) = 5.5e7 showed)."""
+    from softq.natural import expansion_error, expansion_slopes
+
+    w2, w3, w4 = (torch.tensor(v, dtype=torch.float64) for v in ([1.0, 2.0], [5.0, -1.0], [10.0, 3.0]))
+    etas = torch.logspace(-5, -2, 7, dtype=torch.float64).tolist()
+    cond = 1e5
+    floor = torch.tensor([0.5, 0.5], dtype=torch.float64) * expansion_error(0.0, cond, 1.0) / 0.71
+    gaps, rests = _series(etas, w2, w3, w4, floor)
+    fits = expansion_slopes(etas, gaps, rests, w1_norm=1.0, w2_norm=float(w2.norm()), theta_norm=1.0, cond=cond)
+    assert fits.fit3[0] > 0 and all(float(rests[i].norm()) >= 100 * expansion_error(etas[i], cond, 1.0, (1.0, 2.24))
+                                    for i in fits.fit3)
+    assert abs(fits.slope3 - 3) <= fits.tol3
+    with pytest.raises(ValueError, match="grid must reach larger steps"):
+        expansion_slopes(etas, gaps, rests, w1_norm=1.0, w2_norm=float(w2.norm()), theta_norm=1.0, cond=1e15)
+    with pytest.raises(ValueError, match="etas"):
+        expansion_slopes(etas[::-1], gaps, rests, w1_norm=1.0, w2_norm=float(w2.norm()), theta_norm=1.0, cond=cond)
+    with pytest.raises(ValueError, match="cond"):
+        expansion_error(1e-3, 0.5, 1.0)
+
+
+def test_rounding_bend_bounds_the_slope_change_of_any_relative_error():
+    """_rounding_bend: no relative error within the bounds moves a least-squares log-log slope further."""
+    from softq.bandit import loglog_slope
+    from softq.natural import _rounding_bend
+
+    x = [1e-4, 3e-4, 1e-3, 2e-3, 1e-2]
+    y = torch.tensor([v**2 for v in x], dtype=torch.float64)
+    rel = [0.01, 0.003, 0.02, 0.001, 0.005]
+    base, _ = loglog_slope(x, y)
+    bound = _rounding_bend(x, rel)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(200):
+        signs = torch.randint(0, 2, (5,), generator=gen) * 2 - 1
+        moved, _ = loglog_slope(x, y * (1 + signs * torch.tensor(rel, dtype=torch.float64)))
+        assert abs(moved - base) <= bound
+
+
+def test_expansion_slopes_refuse_a_margin_that_lets_the_floor_in():
+    from softq.natural import expansion_slopes
+
+    etas = [1e-3, 2e-3, 4e-3]
+    vecs = [torch.tensor([e**3], dtype=torch.float64) for e in etas]
+    for kw in ({"margin": 1.0}, {"bend": 0.0}):
+        with pytest.raises(ValueError, match=next(iter(kw))):
+            expansion_slopes(etas, [v.norm() for v in vecs], vecs, w1_norm=1.0, w2_norm=1.0, theta_norm=1.0, cond=1.0,
+                             **kw)

@@ -908,7 +908,11 @@ def ch05(x: Instance) -> None:
     w1, w2 = nat.second_order_step(pol.log_prob, theta_old, A_reg, rho)
     check("second-order expansion: w1 = F^-1 g", w1, w_reg, atol=solve_tol(w_reg), eq=71)
     eps_top = min(1e-2, 0.35 * TAU * float(w1.norm() / w2.norm()))
-    eps_grid = torch.logspace(math.log10(eps_top) - 3, math.log10(eps_top), 5).tolist()   # three decades below eps_top
+    # three decades below eps_top, or fewer where the gap at the low end, (eps/tau)^2 |w2|, would not stand 1000x
+    # above a float64 minimizer's error (cond(F) ulps of |theta|: nat.expansion_error)
+    eps_low = max(eps_top / 1e3, TAU * math.sqrt(1e3 * nat.expansion_error(0.0, cond, theta_old.norm().item())
+                                                  / w2.norm().item()))
+    eps_grid = torch.logspace(math.log10(eps_low), math.log10(eps_top), 5).tolist()
     gaps, rests, rest_vecs, minimizers = [], [], [], []
     for e in eps_grid:
         eta = e / TAU
@@ -933,19 +937,10 @@ def ch05(x: Instance) -> None:
     loss_tol = max(1e-12, 4 * float((rho * r_71.abs() * dr_71).sum()) / loss_71(theta_71).item())
     check("argmin of the damped regression attains min (71)", loss_71(minimizers[-1]) / loss_71(theta_71), 1.0,
           atol=loss_tol, eq=78)
-    # only points whose rest stands 100x above the float64 resolution of a minimizer (ulps of |theta|)
-    above = [i for i in range(len(eps_grid)) if rests[i] >= 100 * ULP * (1 + theta_old.norm().item())]
-    small = [i for i in above if eps_grid[i] <= 1e-3]
-    small = small if len(small) >= 2 else above[:2]
-    eta_a, eta_b = eps_grid[small[-2]] / TAU, eps_grid[small[-1]] / TAU
-    w3_norm, w4_norm = nat.series_coefficients(eta_a, rest_vecs[small[-2]], eta_b, rest_vecs[small[-1]], order=3)
-    eta_fit = 0.05 * min(w2.norm() / w3_norm, w3_norm / w4_norm)
-    fit = [i for i in above if eps_grid[i] / TAU <= eta_fit]
-    fit = fit if len(fit) >= 3 else above[:3]
-    eta_max = eps_grid[fit[-1]] / TAU
-    tol2, tol3 = float(2 * eta_max * w3_norm / w2.norm()), float(2 * eta_max * w4_norm / w3_norm)
-    slope2, _ = loglog_slope([eps_grid[i] for i in fit], torch.stack([gaps[i] for i in fit]))
-    slope3, _ = loglog_slope([eps_grid[i] for i in fit], torch.stack([rests[i] for i in fit]))
+    fits = nat.expansion_slopes([e / TAU for e in eps_grid], gaps, rest_vecs, w1_norm=w_reg.norm().item(),
+                                w2_norm=w2.norm().item(), theta_norm=theta_old.norm().item(), cond=cond,
+                                measure_below=1e-3 / TAU)
+    slope2, tol2, slope3, tol3 = fits.slope2, fits.tol2, fits.slope3, fits.tol3
     check("damped regression: |argmin - natural step| ~ eps^2: fitted slope", slope2, 2.0, atol=tol2, eq=78)
     check("damped regression: |argmin - natural step - eta^2 w2| ~ eps^3: fitted slope", slope3, 3.0, atol=tol3, eq=78)
 
@@ -1021,6 +1016,9 @@ test_chapter_05 = _sweep("05", ch05, instances(features=(1, 8), hidden=(1, 4)).f
      "the damped regression's grid of eps drifted to large weights (before eps_top)"),
     (Instance(S=18, A=5, gamma=0.961, tau=0.766, n=4, seed=313, features=7, hidden=4),
      "minimize_least_squares did not converge on the damped regression (before eps_top)"),
+    (Instance(S=17, A=6, gamma=0.617, tau=0.099, n=1, seed=3600, features=1, hidden=4),
+     "cond(F) = 5.5e7: the rests at the grid's low end sat at a rounding floor of 6e-9, which the fit took for the "
+     "expansion (slope of |gap| 1.978, tolerance 0.0172)"),
 ])
 
 
