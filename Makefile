@@ -1,6 +1,6 @@
 # softq: the executable textbook of Schulman, Chen & Abbeel (2017).
 #   make book   execute every chapter (full mode): build/notebooks, build/html, build/checks.json, build/figures,
-#               then the book's site from that run: build/site/index.html (softq.site; offline)
+#               then the book's site from that run: build/site/index.html (softq.book.site; offline)
 #   make test   ruff + unit tests + every chapter through nbval in smoke mode (what CI runs)
 #   make lab    JupyterLab with the .md chapters opening as notebooks
 #   make figures  execute every chapter and write their figures into the committed figures/
@@ -32,11 +32,11 @@ $(STAMP): requirements.txt pyproject.toml
 
 book: $(STAMP)
 	$(PY) -m softq.book
-	$(PY) -m softq.site
+	$(PY) -m softq.book.site
 
 # The site alone, from the last `make book` run (ARGS="--sources": from the chapters, without outputs).
 site: $(STAMP)
-	$(PY) -m softq.site $(ARGS)
+	$(PY) -m softq.book.site $(ARGS)
 
 # The committed figures/ (make book writes its figures to build/figures/, so that a build leaves the tree clean).
 figures: $(STAMP)
@@ -63,12 +63,12 @@ browser:
 	    else echo "no Chromium (apt install chromium): the site's browser test will be skipped"; fi; }
 
 # nbval reads .ipynb: convert each MyST chapter to a throwaway notebook under build/, then run it in smoke mode.
-# softq.nbval_records makes each chapter write its checks to build/nbval/checks/ (the appendix reads them).
+# softq.book.nbval_records makes each chapter write its checks to build/nbval/checks/ (the appendix reads them).
 nbval: $(STAMP)
 	@rm -rf build/nbval && mkdir -p build/nbval
 	@for f in notebooks/[0-9][0-9]_*.md; do \
 	  $(PY) -m jupytext --quiet --to ipynb -o build/nbval/$$(basename $${f%.md}).ipynb $$f || exit 1; done
-	SOFTQ_SMOKE=1 $(PY) -m pytest -q -p no:cacheprovider -p softq.nbval_records --nbval-lax --nbval-current-env \
+	SOFTQ_SMOKE=1 $(PY) -m pytest -q -p no:cacheprovider -p softq.book.nbval_records --nbval-lax --nbval-current-env \
 	  --nbval-cell-timeout=600 build/nbval
 
 test: lint unit nbval

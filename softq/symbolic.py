@@ -13,7 +13,7 @@ Two settings:
 
 The functions mirror :mod:`softq.regularized` (which works on tensors) so that the chapter can prove an identity
 here and then evaluate the very same expression numerically (:func:`lambdify_values`) against the tensor code.
-:func:`canonical` puts an expression in the form in which ``softq.check.check_sym`` compares it: logarithms of
+:func:`canonical` puts an expression in the form in which ``softq.book.check.check_sym`` compares it: logarithms of
 products of positive factors split into sums (valid under the declared positivity), and ``Sum`` dummies unified.
 """
 

@@ -1,4 +1,4 @@
-"""A minimal chapter file for tests that build and run throwaway chapters (softq.book, softq.equation_index)."""
+"""A minimal chapter file for tests that build and run throwaway chapters (softq.book, softq.book.equation_index)."""
 
 import textwrap
 

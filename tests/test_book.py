@@ -6,7 +6,7 @@ import textwrap
 import pytest
 from _chapters import HEADER
 
-from softq import book
+from softq.book import build as book
 
 
 def _chapter(tmp_path, name, code):
@@ -24,7 +24,7 @@ def out(tmp_path, monkeypatch):
 
 def test_chapter_checks_are_recorded_and_gathered(tmp_path, out):
     md = _chapter(tmp_path, "90_good", """\
-        from softq.check import check
+        from softq.book.check import check
         from softq.config import SMOKE
         check("one plus one", 1 + 1, 2, eq=1)
         check("typed wrongly", 3, 2, eq=2, erratum="3 is not 2")
@@ -47,7 +47,7 @@ def test_chapter_checks_are_recorded_and_gathered(tmp_path, out):
 
 def test_a_false_check_fails_the_chapter(tmp_path, out):
     md = _chapter(tmp_path, "91_bad", """\
-        from softq.check import check
+        from softq.book.check import check
         check("a false claim", 1.0, 2.0)
         """)
     res = book.run_chapter(md, out, smoke=False, timeout=120)
@@ -131,7 +131,7 @@ def test_only_a_declared_parameter_can_be_set(tmp_path):
 
 
 def test_a_bad_set_leaves_the_output_folder_alone(tmp_path, out):
-    md = _chapter(tmp_path, "94_kept", "from softq.check import check\nS = 3\ncheck('S', S, 3)")
+    md = _chapter(tmp_path, "94_kept", "from softq.book.check import check\nS = 3\ncheck('S', S, 3)")
     assert book.run_chapter(md, out, smoke=True, timeout=120).ok
     records = (out / "checks" / "94_kept.jsonl").read_bytes()
     with pytest.raises(ValueError, match="BOGUS"):
@@ -153,8 +153,8 @@ def test_a_build_writes_its_figures_under_out_and_figures_only_where_asked(tmp_p
     (make figures) it lands there; a variant (--set) cannot write to figures=."""
     code = """\
         import matplotlib.pyplot as plt
-        from softq.check import check
-        from softq.plots import savefig
+        from softq.book.check import check
+        from softq.book.plots import savefig
         fig, ax = plt.subplots()
         png, _ = savefig(fig, "ch90_demo")
         check("a figure was written", float(png.exists()), 1.0)

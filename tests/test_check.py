@@ -1,4 +1,4 @@
-"""softq.check: a false claim raises, a true one records and prints, an erratum expects its failure."""
+"""softq.book.check: a false claim raises, a true one records and prints, an erratum expects its failure."""
 
 import json
 import math
@@ -8,7 +8,7 @@ import pytest
 import sympy as sp
 import torch
 
-from softq import check as chk
+from softq.book import check as chk
 
 
 @pytest.fixture(autouse=True)

@@ -1,4 +1,4 @@
-"""softq.equation_index: the appendix's index and errata, generated from check records."""
+"""softq.book.equation_index: the appendix's index and errata, generated from check records."""
 
 import json
 import os
@@ -7,7 +7,7 @@ import time
 import pytest
 from _chapters import HEADER
 
-import softq.equation_index as ei
+import softq.book.equation_index as ei
 
 
 def rec(eq, label="a check", *, chapter="01_x", kind="numeric", passed=True, residual=1e-16, tol="1e-12",
@@ -106,7 +106,7 @@ def test_counts_by_class_are_computed_from_the_records(tmp_path):
     sentence = "3 of 90 equations checked; 3 errata in 2 typed equations: 1 typo, 0 conventions, 2 sentences " \
                "(2 of them could be artifacts of the text extraction)"
     assert ei.counts_sentence(more, CLASSES) == sentence
-    path = tmp_path / "checks.json"                                         # as softq.book.write_checks_json writes
+    path = tmp_path / "checks.json"                               # as softq.book.build.write_checks_json writes
     path.write_text(json.dumps({"smoke": True, "chapters": [], "records": more}))
     assert ei.counts_sentence(path, CLASSES) == ei.counts_sentence(str(path), CLASSES) == sentence
     assert ei.counts_sentence([rec(1)], CLASSES) == ("1 of 90 equations checked; 0 errata in 0 typed equations: "
@@ -160,7 +160,7 @@ def layout(tmp_path):
     """A chapter file, a package folder, and a build folder, with controlled modification times."""
     md = tmp_path / "notebooks" / "01_x.md"
     md.parent.mkdir()
-    md.write_text(HEADER + "\n# x\n\n```{code-cell} ipython3\nfrom softq.check import check\n"
+    md.write_text(HEADER + "\n# x\n\n```{code-cell} ipython3\nfrom softq.book.check import check\n"
                   "check('one', 1.0, 1.0, eq=7)\n```\n")
     pkg = tmp_path / "pkg"
     pkg.mkdir()

@@ -1,4 +1,4 @@
-"""softq.plots.savefig: PNG + SVG, byte-identical on re-runs, smoke runs kept out of figures/."""
+"""softq.book.plots.savefig: PNG + SVG, byte-identical on re-runs, smoke runs kept out of figures/."""
 
 import matplotlib
 
@@ -8,7 +8,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
 from _runs import write_run  # noqa: E402
 
-from softq import config, plots  # noqa: E402
+from softq import config  # noqa: E402
+from softq.book import plots  # noqa: E402
 
 
 def _figure():
@@ -111,7 +112,7 @@ def test_learning_curves_reject_bad_input(tmp_path):
 
 def test_every_figure_2_variant_has_a_style():
     """Figure 2's six DQN variants, named as softq.rl.dqn.Config.rule names them, each get their own colour."""
-    from softq.plots import RULE_STYLE
+    from softq.book.plots import RULE_STYLE
     from softq.rl.dqn import Config
 
     variants = [Config(env="CartPole-v1", target="hard", n_step=n) for n in (1, 5)]
@@ -155,7 +156,7 @@ def test_run_records_spread_and_caption(tmp_path):
 
 
 def test_figure_dir_follows_softq_figures(tmp_path, monkeypatch):
-    from softq import plots
+    from softq.book import plots
 
     monkeypatch.setenv("SOFTQ_FIGURES", str(tmp_path / "variant"))
     assert plots.figure_dir() == tmp_path / "variant"

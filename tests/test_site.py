@@ -1,4 +1,5 @@
-"""softq.site: the Markdown prepared for the web, and the built site opened in a real browser (headless Chromium)."""
+"""softq.book.site: the Markdown prepared for the web, and the built site opened in a real browser (headless
+Chromium)."""
 
 import html
 import json
@@ -10,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from softq import site
-from softq.site import References
+from softq.book import site
+from softq.book.site import References
 
 REFS = References(chapters={1: "01_bandit", 2: "02_regularized_mdps", 4: "04_equivalence"},
                   equations={"24": "eq-24"}, sections={"1.5": "sec-1-5", "2.1": "sec-2-1"},

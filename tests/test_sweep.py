@@ -2,7 +2,7 @@
 
 For each chapter, ``chNN(x)`` runs the chapter's key computations on a drawn :class:`Instance` ``x`` (what a reader
 gets with ``python -m softq.book NN --set S=... --set TAU=...``, the chapter's seeds offset by ``x.seed``) and makes
-the chapter's checks with the chapter's tolerances (``softq.check``: a false claim raises). Hypothesis draws the
+the chapter's checks with the chapter's tolerances (``softq.book.check``: a false claim raises). Hypothesis draws the
 instances over the ranges a reader would try: ``S`` 2-20, ``A`` 2-6, ``gamma`` 0.5-0.97, ``tau`` 0.05-2, ``n`` 1-5, the
 sizes of the networks, the seeds and the Monte Carlo sizes (capped, so that a draw takes seconds).
 
@@ -41,7 +41,7 @@ import softq.natural as nat
 import softq.policy_gradient as pg
 import softq.tabular as tb
 from softq.bandit import loglog_slope
-from softq.check import check, check_le
+from softq.book.check import check, check_le
 from softq.config import DTYPE, generator
 from softq.losses import soft_q_loss, value_loss
 from softq.regularized import (

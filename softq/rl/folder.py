@@ -11,7 +11,7 @@ writes, of its lock and of clearing a partial run.
 =================  =================================================================================================
 
 Everything that reads or writes a run folder (:mod:`softq.rl.runs`, :mod:`softq.rl.grid`, :mod:`softq.rl.cluster`,
-the command line, :mod:`softq.plots`) goes through :class:`RunFolder`.
+the command line, :mod:`softq.book.plots`) goes through :class:`RunFolder`.
 """
 
 from __future__ import annotations

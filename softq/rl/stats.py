@@ -73,7 +73,7 @@ METHOD = (f"95% percentile-bootstrap intervals over seeds (rliable {_version()},
 
 def final_scores(experiment: str | Path, rules, *, frames: float | None = None, y: str = "score_mean100"
                  ) -> dict[str, dict[int, float]]:
-    """``{rule: {seed: y at frames}}`` from the runs of ``experiment`` (:func:`softq.plots.read_runs`). ``frames``:
+    """``{rule: {seed: y at frames}}`` from the runs of ``experiment`` (:func:`softq.book.plots.read_runs`). ``frames``:
     a point every run has logged; default the last point common to every run of every rule
     (:func:`common_end`). A run without a row at ``frames`` raises ValueError naming it."""
     from softq.rl.folder import read_runs

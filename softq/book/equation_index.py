@@ -1,6 +1,6 @@
 """The book's equation index and errata list, generated from the check records (the appendix, ``99_*``).
 
-Every ``softq.check`` call a chapter makes is one JSON record in ``build/checks/<chapter>.jsonl`` (see
+Every ``softq.book.check`` call a chapter makes is one JSON record in ``build/checks/<chapter>.jsonl`` (see
 :mod:`softq.book`). This module gathers them and answers, for each numbered equation 1-90 of the paper: where it is
 taught, how it is checked (symbolic, exact numeric, sampling, inequality), how many checks and the worst residual,
 and whether it holds as typed (no erratum record) or not (the erratum records and what they say).
@@ -11,9 +11,9 @@ Where the records come from (:func:`collect_records`), per chapter, first match 
    newer than the chapter and than every ``softq/*.py`` file it may depend on; in a build into another folder,
    ``python -m softq.book --out DIR``, first ``DIR/checks/<chapter>.jsonl``, under the same rule;
 2. ``build/nbval/checks/<chapter>.jsonl``, written by ``make test``'s smoke runs of the chapters through nbval
-   (:mod:`softq.nbval_records`), which run in sorted order, so before the appendix;
+   (:mod:`softq.book.nbval_records`), which run in sorted order, so before the appendix;
 3. ``build/appendix-smoke/checks/<chapter>.jsonl``, an earlier run of (4), under the same freshness rule;
-4. otherwise the chapter is executed now, in smoke mode, by :func:`softq.book.run_chapter` into
+4. otherwise the chapter is executed now, in smoke mode, by :func:`softq.book.build.run_chapter` into
    ``build/appendix-smoke/`` (e.g. the appendix opened alone in JupyterLab on a fresh clone).
 
 Smoke mode makes every check a chapter makes (it only shrinks sample sizes), so the index is complete either way;
@@ -166,8 +166,9 @@ def _code_mtime(package: Path) -> float:
 
 
 class _KeepEnv:
-    """``softq.book.run_chapter`` sets SOFTQ_CHAPTER / SOFTQ_CHECKS_FILE / SOFTQ_SMOKE for the child kernel; inside
-    the appendix's own kernel they must be restored afterwards, or the appendix's checks would go to the wrong file."""
+    """``softq.book.build.run_chapter`` sets SOFTQ_CHAPTER / SOFTQ_CHECKS_FILE / SOFTQ_SMOKE for the child kernel;
+    inside the appendix's own kernel they must be restored afterwards, or the appendix's checks would go to the wrong
+    file."""
 
     names = ("SOFTQ_CHAPTER", "SOFTQ_CHECKS_FILE", "SOFTQ_SMOKE")
 
@@ -199,7 +200,7 @@ def collect_records(
     set (``python -m softq.book --out DIR`` writes the chapters' records to ``DIR/checks/``). With
     ``run_missing=False`` a chapter without fresh records raises ValueError instead of being run. A chapter that fails
     when run here is returned with its ``error`` and whatever records it made before failing."""
-    from softq.book import run_chapter
+    from softq.book.build import run_chapter
 
     cache = build / "appendix-smoke" if cache is None else cache
     if this_build is None and os.environ.get("SOFTQ_CHECKS_FILE"):
@@ -432,7 +433,7 @@ def classify(eq: int | None, description: str,
     if len(found) != 1:
         what = "no class" if not found else f"{len(found)} classes (the prefixes are not distinctive)"
         raise ValueError(f"the erratum of eq {eq} has {what}: {description!r}. Add one (eq, prefix) entry for it to "
-                         f"softq.equation_index.ERRATUM_CLASSES, with its kind ({', '.join(KINDS)}) and reason")
+                         f"softq.book.equation_index.ERRATUM_CLASSES, with its kind ({', '.join(KINDS)}) and reason")
     return found[0]
 
 
@@ -503,7 +504,7 @@ def errata_counts(items: Sequence[Erratum]) -> dict[str, int]:
 
 
 def read_checks_json(path: Path | str) -> list[dict]:
-    """The check records of a ``checks.json`` written by :func:`softq.book.write_checks_json`."""
+    """The check records of a ``checks.json`` written by :func:`softq.book.build.write_checks_json`."""
     doc = json.loads(Path(path).read_text(encoding="utf-8"))
     if not isinstance(doc, dict) or not isinstance(doc.get("records"), list):
         raise ValueError(f"{path}: not a checks.json (a JSON object with a list of 'records')")

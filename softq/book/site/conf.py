@@ -1,4 +1,4 @@
-"""Sphinx configuration of the book's site (``python -m softq.site`` passes this folder as ``-c``)."""
+"""Sphinx configuration of the book's site (``python -m softq.book.site`` passes this folder as ``-c``)."""
 
 project = "softq"
 author = "the softq authors"

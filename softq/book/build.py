@@ -11,7 +11,7 @@ Usage (``make book`` runs the first form)::
 For each chapter ``notebooks/NN_topic.md`` (MyST Markdown, paired by jupytext) it writes
 ``build/notebooks/NN_topic.ipynb`` (executed), ``build/html/NN_topic.html`` (its equations rendered offline by a
 local MathJax in ``build/html/mathjax/``) and ``build/checks/NN_topic.jsonl``
-(one JSON line per ``softq.check`` call, written by the kernel itself) and its figures to ``build/figures/`` (the
+(one JSON line per ``softq.book.check`` call, written by the kernel itself) and its figures to ``build/figures/`` (the
 committed ``figures/`` change only with ``--figures figures``), then gathers every record into
 ``build/checks.json`` and prints a table: chapter, seconds, checks passed, errata found.
 It exits non-zero if a chapter raises (a failed check raises), or if a chapter makes no check at all.

@@ -262,7 +262,7 @@ def plot_runs(ax, runs: dict[str, str | Path], *, y: str = "score_mean100") -> d
 def plot_pairs(pairs: dict[str, dict[str, str | Path]], field: str, *, title: str = "", ncols: int = 0,
                panel_width: float = 4.6, height: float = 4.0):
     """A controlled comparison: one panel per entry of ``pairs`` (``{panel title: {label: run folder}}``), its runs
-    drawn with :func:`plot_runs`. Each panel's runs are checked (:func:`softq.check.check`, which raises) to differ
+    drawn with :func:`plot_runs`. Each panel's runs are checked (:func:`softq.book.check.check`, which raises) to differ
     in the Config field ``field`` and in no other (run control aside, :func:`config_spread`); a panel with a run
     that has no ``progress.csv`` yet is left out. Prints each run's end (score, frames, status, wall time, frames/s)
     and puts :func:`budget_caption` of all the runs under the panels. ``ncols``: panels per row (0: all in one row);
@@ -274,7 +274,7 @@ def plot_pairs(pairs: dict[str, dict[str, str | Path]], field: str, *, title: st
 
     import matplotlib.pyplot as plt
 
-    from softq.check import check
+    from softq.book.check import check
 
     present = {t: runs for t, runs in pairs.items() if all((Path(d) / "progress.csv").exists() for d in runs.values())}
     if not present:

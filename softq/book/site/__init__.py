@@ -2,9 +2,9 @@
 
 Usage (``make book`` runs it after executing the chapters)::
 
-    python -m softq.site                 # build/site/index.html from build/notebooks/ (make book's executed run;
+    python -m softq.book.site                 # build/site/index.html from build/notebooks/ (make book's executed run;
                                          # a chapter not executed there is shown without outputs)
-    python -m softq.site --sources       # from notebooks/*.md, unexecuted (code without outputs; fast)
+    python -m softq.book.site --sources       # from notebooks/*.md, unexecuted (code without outputs; fast)
 
 The site is built from the *executed* notebooks that :mod:`softq.book` writes, so it shows that run's outputs and
 check lines; nothing is executed again (``nb_execution_mode = "off"``). Before Sphinx reads them, each chapter is
@@ -20,7 +20,7 @@ copied into ``build/site-src/`` and its Markdown is prepared for the web (:func:
   "chapter N (" elsewhere: elsewhere "§" may name a section of the paper);
 - the text after "**Solution.**" folds into a dropdown, and so do the code cells that follow it up to the next
   Markdown cell;
-- check lines (:meth:`softq.check.CheckRecord.line`) print as HTML with ``ok``, ``errat`` and ``FAIL`` told apart.
+- check lines (:meth:`softq.book.check.CheckRecord.line`) print as HTML with ``ok``, ``errat`` and ``FAIL`` told apart.
 
 Equations render with a local MathJax 3 (``sphinx-mathjax-offline``), search is Sphinx's own index: the site needs
 no network.
@@ -36,9 +36,9 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from softq.book import NOTEBOOKS, chapters
+from softq.book.build import NOTEBOOKS, chapters
+from softq.book.equation_index import N_EQUATIONS, PLAN
 from softq.config import BUILD, ROOT
-from softq.equation_index import N_EQUATIONS, PLAN
 
 CONF_DIR = Path(__file__).resolve().parent  # conf.py and static/ live beside this file
 SITE_SRC = BUILD / "site-src"
@@ -296,7 +296,7 @@ def build(sources: bool = False, out: Path = SITE, src: Path = SITE_SRC, quiet: 
 
     notebooks, without = load_notebooks(sources, executed)
     if without and not sources:
-        print(f"softq.site: no executed notebook for {', '.join(without)}: shown without outputs "
+        print(f"softq.book.site: no executed notebook for {', '.join(without)}: shown without outputs "
               f"(`make book` runs every chapter)", file=sys.stderr)
     refs = collect_references({name: [c.source for c in nb.cells if c.cell_type == "markdown"]
                                for name, nb in notebooks.items()})
@@ -315,7 +315,7 @@ def build(sources: bool = False, out: Path = SITE, src: Path = SITE_SRC, quiet: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m softq.site", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m softq.book.site", description=__doc__.split("\n\n")[0])
     ap.add_argument("--sources", action="store_true", help="build from notebooks/*.md without outputs")
     ap.add_argument("--executed", type=Path, default=None,
                     help="folder of executed notebooks (default: build/notebooks, make book's)")
@@ -324,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         index = build(sources=args.sources, out=args.out, executed=args.executed)
     except FileNotFoundError as err:
-        print(f"python -m softq.site: {err}", file=sys.stderr)
+        print(f"python -m softq.book.site: {err}", file=sys.stderr)
         return 1
     print(f"site: {index}")
     return 0

@@ -4,7 +4,7 @@ nbval starts one kernel per notebook when that notebook's first cell is set up, 
 process's environment. This hook runs first, so every chapter's kernel starts with ``SOFTQ_CHAPTER`` set to the
 notebook's name and ``SOFTQ_CHECKS_FILE`` pointing at ``<notebook folder>/checks/<name>.jsonl``. The appendix
 (``notebooks/99_*``, run last) then builds the equation index from the smoke runs' records instead of running
-every chapter a second time. Enabled with ``pytest -p softq.nbval_records``.
+every chapter a second time. Enabled with ``pytest -p softq.book.nbval_records``.
 """
 
 from __future__ import annotations

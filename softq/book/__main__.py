@@ -1,0 +1,3 @@
+from softq.book.build import main
+
+raise SystemExit(main())

@@ -1,0 +1,5 @@
+import sys
+
+from softq.book.site import main
+
+sys.exit(main())

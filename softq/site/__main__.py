@@ -1,5 +1,0 @@
-import sys
-
-from softq.site import main
-
-sys.exit(main())
