@@ -97,7 +97,7 @@ clean:
 # Deep RL (softq.rl). `make bench`: env, A2C and DQN throughput on this machine -> results/bench/<machine kind>.json
 #   (`make bench ARGS="--what dqn --dqn-num-envs 8,16"`: the DQN figures only).
 # `make train ARGS="--env CartPole-v1 --rule proper --frames 100000 --lr 2e-3 --num-envs 8"`: one or more A2C runs;
-# `make train ARGS="--algo dqn --target soft_ent --tau 0.1 --n-step 5"`: DQN (Section 6.2) on Pong, 10M frames.
+# `make train ARGS="--algo dqn --backup soft_ent --tau 0.1 --n-step 5"`: DQN (Section 6.2) on Pong, 10M frames.
 .PHONY: bench train
 bench: $(STAMP)
 	$(PY) -m softq.rl bench $(ARGS)
@@ -139,8 +139,8 @@ grid-pong-rmsprop-torch: $(STAMP)
 DQN_PONG := --algo dqn --env PongNoFrameskip-v4 --preset pong-cpu --taus 0.1 --seeds 0,1 --fill --parallel 2 --no-progress
 .PHONY: grid-pong-dqn
 grid-pong-dqn: $(STAMP)
-	$(PY) -m softq.rl train $(DQN_PONG) --targets hard,soft_ent,soft_kl --n-steps 1 $(ARGS)
-	$(PY) -m softq.rl train $(DQN_PONG) --targets hard,soft_ent --n-steps 5 $(ARGS)
+	$(PY) -m softq.rl train $(DQN_PONG) --backups hard,soft_ent,soft_kl --n-steps 1 $(ARGS)
+	$(PY) -m softq.rl train $(DQN_PONG) --backups hard,soft_ent --n-steps 5 $(ARGS)
 
 # Why the entropy-bonus target trails on Pong (chapter 7): seed 0, 4M frames, PONG_CPU, two runs side by side.
 #   The loss study: hard, soft_ent and soft_kl (tau 0.1) with the 2017 DQN's loss (Huber, gradient norm clipped at
@@ -149,9 +149,9 @@ grid-pong-dqn: $(STAMP)
 DQN_STUDY := --algo dqn --env PongNoFrameskip-v4 --preset pong-cpu --seeds 0 --n-steps 1 --fill --parallel 2 --no-progress
 .PHONY: pong-dqn-studies
 pong-dqn-studies: $(STAMP)
-	$(PY) -m softq.rl train $(DQN_STUDY) --targets hard,soft_ent,soft_kl --tau 0.1 --loss huber --max-grad-norm 10 \
+	$(PY) -m softq.rl train $(DQN_STUDY) --backups hard,soft_ent,soft_kl --tau 0.1 --loss huber --max-grad-norm 10 \
 	  --adam-eps 1e-4 --experiment 'dqn-loss2017-{env}' $(ARGS)
-	$(PY) -m softq.rl train $(DQN_STUDY) --targets soft_ent,soft_kl --taus 0.01 --experiment 'dqn-tau0.01-{env}' $(ARGS)
+	$(PY) -m softq.rl train $(DQN_STUDY) --backups soft_ent,soft_kl --taus 0.01 --experiment 'dqn-tau0.01-{env}' $(ARGS)
 
 # `make lease`: the one prepared command for a lent GPU machine (tools/lease.sh; its header says how to call it with
 #   the device tool): install the carried wheels if needed, bench (<= 90 s), then A2C naive/proper/soft_q on Pong side

@@ -13,6 +13,7 @@ This module imports nothing of softq: everything else builds on it.
 from __future__ import annotations
 
 import contextlib
+import enum
 import math
 
 import torch
@@ -36,6 +37,8 @@ __all__ = [
     "n_step_soft_return",
     "td_errors",
     "value_checks",
+    "Backup",
+    "as_backup",
     "DQN_BACKUPS",
     "backup_value",
     "backup_penalty",
@@ -402,14 +405,28 @@ def td_errors(
 # 1/tau, and it does not tend to max Q as tau -> 0), and put the -log|A| outside the discount. The corrected
 # backups below are the soft values of Section 3 against a uniform pi_bar; chapter 7 shows the typed forms failing.
 
-#: The backups of eqs (81)-(83): standard, soft with a KL penalty against uniform, soft with an entropy bonus.
-DQN_BACKUPS = ("hard", "soft_kl", "soft_ent")
+class Backup(enum.StrEnum):
+    """The backups of eqs (81)-(83): standard, soft with a KL penalty against uniform, soft with an entropy bonus.
+
+    One name from the command line (``--backup``, :class:`softq.rl.dqn.Config`'s ``backup``) to the functions below;
+    a member is its string (``Backup.SOFT_KL == "soft_kl"``), so configs and logs hold plain strings.
+    """
+
+    HARD = "hard"
+    SOFT_KL = "soft_kl"
+    SOFT_ENT = "soft_ent"
 
 
-def _check_backup(backup: str) -> str:
-    if backup not in DQN_BACKUPS:
-        raise ValueError(f"backup must be one of {DQN_BACKUPS}, got {backup!r}")
-    return backup
+#: The backups' names, in :class:`Backup`'s order.
+DQN_BACKUPS = tuple(b.value for b in Backup)
+
+
+def as_backup(backup: str) -> Backup:
+    """``backup`` as a :class:`Backup`; ValueError naming ``backup`` if it is none."""
+    try:
+        return Backup(backup)
+    except ValueError:
+        raise ValueError(f"backup must be one of {DQN_BACKUPS}, got {backup!r}") from None
 
 
 def backup_value(q: torch.Tensor, tau: float, backup: str) -> torch.Tensor:
@@ -423,7 +440,7 @@ def backup_value(q: torch.Tensor, tau: float, backup: str) -> torch.Tensor:
     Each equals ``E_{a~pi}[Q(s', a)] - tau * backup_penalty(Q, tau, backup)`` at the Boltzmann policy
     ``pi = pi^B_Q`` (greedy for ``hard``), eq (31). Shapes: ``q: [..., A]`` -> ``[...]``; stable for tiny tau.
     """
-    backup = _check_backup(backup)
+    backup = as_backup(backup)
     if q.ndim == 0:
         raise ValueError(f"q must have an action axis (shape [..., A]), got a scalar {q.item()!r}")
     if backup == "hard":
@@ -439,7 +456,7 @@ def backup_penalty(q: torch.Tensor, tau: float, backup: str) -> torch.Tensor:
     ``hard``: 0; ``soft_kl``: ``KL[pi || uniform]`` (:func:`kl`); ``soft_ent``: ``-H[pi]`` (:func:`entropy`), i.e.
     ``KL[pi || uniform] - log|A|``: the entropy bonus ``+ tau H`` of Section 6.2. Shapes: ``[..., A]`` -> ``[...]``.
     """
-    backup = _check_backup(backup)
+    backup = as_backup(backup)
     if backup == "hard":
         return torch.zeros(q.shape[:-1], dtype=q.dtype, device=q.device)
     return penalty(log_boltzmann_policy(q, tau), "kl" if backup == "soft_kl" else "entropy")
@@ -472,7 +489,7 @@ def q_learning_target(
     Shapes: ``rewards, terminal, truncated: [n, ...]`` (``truncated=None``: no cuts), ``q_next: [n, ..., A]`` with
     ``q_next[d] = Q(s_{t+d+1}, .)`` -> ``[...]``.
     """
-    backup = _check_backup(backup)
+    backup = as_backup(backup)
     rewards = _check_rollout(rewards, None)
     if not isinstance(q_next, torch.Tensor) or tuple(q_next.shape[:-1]) != tuple(rewards.shape):
         shape = tuple(q_next.shape) if isinstance(q_next, torch.Tensor) else type(q_next).__name__

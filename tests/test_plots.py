@@ -115,8 +115,8 @@ def test_every_figure_2_variant_has_a_style():
     from softq.book.plots import RULE_STYLE
     from softq.rl.dqn import Config
 
-    variants = [Config(env="CartPole-v1", target="hard", n_step=n) for n in (1, 5)]
-    variants += [Config(env="CartPole-v1", target=t, tau=tau) for t in ("soft_ent", "soft_kl") for tau in (0.1, 0.01)]
+    variants = [Config(env="CartPole-v1", backup="hard", n_step=n) for n in (1, 5)]
+    variants += [Config(env="CartPole-v1", backup=t, tau=tau) for t in ("soft_ent", "soft_kl") for tau in (0.1, 0.01)]
     rules = [c.rule for c in variants]
     assert all(rule in RULE_STYLE for rule in rules)
     assert len({RULE_STYLE[rule][0] for rule in rules}) == len(rules)

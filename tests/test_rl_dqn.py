@@ -13,7 +13,7 @@ import torch
 import softq.regularized as reg
 import softq.rl.dqn
 from softq.rl.__main__ import main
-from softq.rl.dqn import DQN, TARGETS, Config, bootstrap_index
+from softq.rl.dqn import BACKUPS, DQN, Config, bootstrap_index
 from softq.rl.envs import make_env
 from softq.rl.folder import computed_rows
 from softq.rl.replay import FIRST, RESET, FrameReplay
@@ -43,7 +43,7 @@ def test_one_step_targets_are_eqs_81_to_83_corrected(tau):
         "soft_kl": tau * torch.logsumexp(q / tau, -1) - tau * math.log(6),  # eq (82), corrected
         "soft_ent": tau * torch.logsumexp(q / tau, -1),  # eq (83), corrected
     }
-    for backup in TARGETS:
+    for backup in BACKUPS:
         v = reg.backup_value(q, tau, backup)
         torch.testing.assert_close(v, want[backup])
         y = reg.q_learning_target(r[None], q[None], done[None], None, gamma, tau, backup)
@@ -68,7 +68,7 @@ def test_backup_value_is_the_policy_value_of_the_boltzmann_policy():
 def test_targets_are_finite_at_tiny_tau_and_huge_q():
     q = _q(3, 3, 4, 18, scale=1e4)
     r, done = _q(4, 3, 4), torch.zeros(3, 4, dtype=torch.bool)
-    for backup in TARGETS:
+    for backup in BACKUPS:
         y = reg.q_learning_target(r, q, done, done, 0.99, 1e-3, backup)
         assert torch.isfinite(y).all() and y.shape == (4,)
         assert torch.isfinite(reg.backup_penalty(q, 1e-3, backup)).all()
@@ -90,7 +90,7 @@ def _slow_target(r, q, term, trunc, gamma, tau, backup):
     raise AssertionError
 
 
-@pytest.mark.parametrize("backup", TARGETS)
+@pytest.mark.parametrize("backup", BACKUPS)
 def test_n_step_targets_stop_at_episode_ends(backup):
     n, batch, tau, gamma = 5, 6, 0.1, 0.9
     r, q = _q(5, n, batch), _q(6, n, batch, 3)
@@ -156,7 +156,7 @@ def test_hard_n_step_target_of_a_replay_batch_is_unchanged(env):
     """On real replay batches (Breakout: lost lives inside the windows; CartPole: game ends), the hard 5-step
     target from the bootstrap states alone equals the one from all next states."""
     where = {**ATARI, "buffer_size": 4000} if env != "CartPole-v1" else {"num_envs": 4, "device": "cpu"}
-    cfg = Config(env=env, target="hard", n_step=5, frames=10**6, **{**where, "learning_starts": 10**9})
+    cfg = Config(env=env, backup="hard", n_step=5, frames=10**6, **{**where, "learning_starts": 10**9})
     agent = DQN(cfg)
     while agent.env_steps < 1200:
         agent.step()
@@ -180,12 +180,12 @@ def test_hard_n_step_target_of_a_replay_batch_is_unchanged(env):
         assert torch.equal(want, old)  # exactly: only the bootstrap entries matter
 
 
-@pytest.mark.parametrize("target, n_step", [("hard", 1), ("soft_ent", 1), ("soft_kl", 5), ("hard", 5)])
-def test_logged_target_entropy_and_action_gap_are_those_of_the_update_batch(target, n_step):
+@pytest.mark.parametrize("backup, n_step", [("hard", 1), ("soft_ent", 1), ("soft_kl", 5), ("hard", 5)])
+def test_logged_target_entropy_and_action_gap_are_those_of_the_update_batch(backup, n_step):
     """The columns target_entropy and action_gap of a gradient step: the entropy of softmax(Qbar(s', .) / tau) at
     each target's bootstrap state, and the online network's best minus second-best Q(s_t, .) before the step, each
     averaged over the step's batch, recomputed here from the same batch and the same weights."""
-    cfg = Config(target=target, n_step=n_step, tau=0.3, frames=10**6, **{**CARTPOLE_DQN, "learning_starts": 200})
+    cfg = Config(backup=backup, n_step=n_step, tau=0.3, frames=10**6, **{**CARTPOLE_DQN, "learning_starts": 200})
     agent = DQN(cfg)
     while agent.grad_steps < 3:
         agent.step()
@@ -342,8 +342,8 @@ def test_a_restored_replay_continues_exactly_like_the_original():
 # --- the agent --------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("target", "n_step"), [("hard", 1), ("soft_kl", 5), ("soft_ent", 1), ("soft_ent", 5)])
-def test_each_target_trains_on_atari_with_softq_targets(target, n_step, monkeypatch):
+@pytest.mark.parametrize(("backup", "n_step"), [("hard", 1), ("soft_kl", 5), ("soft_ent", 1), ("soft_ent", 5)])
+def test_each_backup_trains_on_atari_with_softq_targets(backup, n_step, monkeypatch):
     calls = {}
     for name in ("q_learning_target", "soft_value", "n_step_soft_return"):
         fn = getattr(reg, name)
@@ -353,7 +353,7 @@ def test_each_target_trains_on_atari_with_softq_targets(target, n_step, monkeypa
             return _fn(*a, **k)
 
         monkeypatch.setattr(reg, name, wrapped)
-    cfg = Config(target=target, n_step=n_step, tau=0.1, frames=4 * 2 * 150, **ATARI)
+    cfg = Config(backup=backup, n_step=n_step, tau=0.1, frames=4 * 2 * 150, **ATARI)
     agent = DQN(cfg)
     before = [p.detach().clone() for p in agent.net.parameters()]
     while agent.updates < agent.total_updates:
@@ -361,27 +361,44 @@ def test_each_target_trains_on_atari_with_softq_targets(target, n_step, monkeypa
     agent.env.close()
     assert agent.grad_steps == (2 * 150 - 100) // 4  # one batch per 4 env steps after learning_starts
     assert calls["q_learning_target"] == agent.grad_steps == calls["n_step_soft_return"]
-    assert calls.get("soft_value", 0) == (0 if target == "hard" else agent.grad_steps)
+    assert calls.get("soft_value", 0) == (0 if backup == "hard" else agent.grad_steps)
     assert all(math.isfinite(stats[k]) for k in ("loss", "q_mean", "target_mean", "grad_norm"))
     assert any(not torch.equal(p, q) for p, q in zip(before, agent.net.parameters(), strict=True))
     assert agent.info["replay_bytes_per_transition"] == 7062
 
 
 def test_bad_dqn_configs_are_rejected_by_name():
-    for field, value in [("target", "soft"), ("tau", 0.0), ("n_step", 0), ("gamma", 2.0), ("loss", "l1"),
+    for field, value in [("backup", "soft"), ("tau", 0.0), ("n_step", 0), ("gamma", 2.0), ("loss", "l1"),
                          ("cuda_graph", "yes"), ("eps_end", -0.1), ("buffer_size", 10), ("algo", "a2c"),
                          ("schedule_frames", -2), ("schedule_frames", 1.5), ("precision", "fp16")]:
         with pytest.raises(ValueError, match=field):
             Config(env="CartPole-v1", **{field: value})
-    assert Config(target="soft_kl", tau=0.01, n_step=5).rule == "soft_kl_tau0.01_n5"
-    assert Config(target="hard", tau=0.01).rule == "hard"
+    assert Config(backup="soft_kl", tau=0.01, n_step=5).rule == "soft_kl_tau0.01_n5"
+    assert Config(backup="hard", tau=0.01).rule == "hard"
+
+
+def test_a_run_recorded_under_the_old_name_target_reads_as_backup(tmp_path):
+    """config.json of runs recorded before the rename says "target": read (from_dict, a folder's record, a resume's
+    comparison) under today's name, and the old option --target still parses (a recorded command replays)."""
+    from softq.rl.folder import RunFolder, variant_name
+    from softq.rl.runs import config_diff
+
+    cfg = Config(env="CartPole-v1", backup="soft_kl", tau=0.01)
+    old = {("target" if k == "backup" else k): v for k, v in cfg.as_dict().items()}
+    assert list(old).index("target") == list(cfg.as_dict()).index("backup")
+    assert Config.from_dict(old) == cfg and config_diff(old, cfg) == {}
+    (tmp_path / "config.json").write_text(json.dumps({"config": old}))
+    assert RunFolder(tmp_path).record()["config"] == cfg.as_dict()
+    assert variant_name("soft_kl", 0.01, 5) == cfg.rule + "_n5"
+    with pytest.raises(ValueError, match="backup"):
+        variant_name("soft", 0.1, 1)
 
 
 
 
 def test_cartpole_pause_and_resume_equals_uninterrupted(tmp_path):
     """The replay is small: it is saved, and a paused + resumed CPU run is bit-identical to an uninterrupted one."""
-    cfg = Config(target="soft_ent", tau=0.1, n_step=3, frames=3000, log_every=50,
+    cfg = Config(backup="soft_ent", tau=0.1, n_step=3, frames=3000, log_every=50,
                  **{**CARTPOLE_DQN, "learning_starts": 500})
     assert train(cfg, tmp_path / "whole", progress=False)["status"] == "done"
     paused = Config(**{**cfg.as_dict(), "checkpoint_every": 300, "time_limit_minutes": 1e-6})
@@ -397,7 +414,7 @@ def test_cartpole_pause_and_resume_equals_uninterrupted(tmp_path):
 
 
 def test_atari_resume_refills_the_replay_and_says_so(tmp_path):
-    cfg = Config(target="hard", frames=4 * 2 * 120, log_every=10, checkpoint_replay_mb=0.0,
+    cfg = Config(backup="hard", frames=4 * 2 * 120, log_every=10, checkpoint_replay_mb=0.0,
                  time_limit_minutes=1e-6, **ATARI)
     assert train(cfg, tmp_path, progress=False)["status"] == "paused"
     cfg = Config(**{**cfg.as_dict(), "time_limit_minutes": 0.0})
@@ -421,7 +438,7 @@ def test_atari_resume_refills_the_replay_and_says_so(tmp_path):
 
 def test_nan_loss_stops_the_run(tmp_path, poison):
     poison(softq.rl.dqn, "dqn_loss", 30)
-    cfg = Config(target="soft_kl", frames=2000, log_every=10, checkpoint_every=20,
+    cfg = Config(backup="soft_kl", frames=2000, log_every=10, checkpoint_every=20,
                  **{**CARTPOLE_DQN, "learning_starts": 100, "batch_size": 8})
     with pytest.raises(softq.rl.a2c.NonFiniteLoss, match="gradient step <= 30"):
         train(cfg, tmp_path, progress=False)
@@ -434,13 +451,15 @@ def test_cli_runs_dqn_variants_in_one_layout(tmp_path, capsys):
     args = ["train", "--algo", "dqn", "--env", "CartPole-v1", "--frames", "400", "--num-envs", "2",
             "--learning-starts", "100", "--batch-size", "8", "--buffer-size", "1000", "--log-every", "20",
             "--torch-threads", "1", "--no-progress", "--results", str(tmp_path), "--experiment", "demo"]
-    assert main([*args, "--targets", "hard,soft_ent", "--taus", "0.1,0.01", "--n-steps", "1,5"]) == 0
+    assert main([*args, "--backups", "hard,soft_ent", "--taus", "0.1,0.01", "--n-steps", "1,5"]) == 0
     runs = sorted(str(p.parent.relative_to(tmp_path)) for p in tmp_path.glob("demo/*/seed0/status.json"))
     assert runs == ["demo/hard/seed0", "demo/hard_n5/seed0", "demo/soft_ent_tau0.01/seed0",
                     "demo/soft_ent_tau0.01_n5/seed0", "demo/soft_ent_tau0.1/seed0", "demo/soft_ent_tau0.1_n5/seed0"]
     with open(tmp_path / "demo" / "soft_ent_tau0.1_n5" / "seed0" / "progress.csv") as f:
         assert tuple(next(csv.reader(f))) == softq.rl.dqn.COLUMNS
-    for bad, name in [(["--target", "soft"], "target"), (["--rules", "naive"], "rules"), (["--algo", "ppo"], "algo")]:
+    for bad, name in [(["--backup", "soft"], "backup"), (["--target", "soft"], "backup"),
+                      (["--rules", "naive"], "rules"), (["--algo", "ppo"], "algo"),
+                      (["--backup", "hard", "--targets", "hard"], "--targets")]:
         with pytest.raises(SystemExit):
             main([*args, *bad])
         assert name in capsys.readouterr().err
@@ -451,7 +470,7 @@ def test_cli_runs_dqn_variants_in_one_layout(tmp_path, capsys):
 
 def test_cartpole_soft_ent_learns(tmp_path):
     """A short CartPole run of soft_ent (tau 0.1) clearly learns (random play scores ~22)."""
-    cfg = Config(target="soft_ent", tau=0.1, frames=25_000, log_every=500, **CARTPOLE_DQN)
+    cfg = Config(backup="soft_ent", tau=0.1, frames=25_000, log_every=500, **CARTPOLE_DQN)
     t0 = time.time()
     result = train(cfg, tmp_path, progress=False)
     print(f"soft_ent: mean score of the last 100 games {result['score_mean100']:.1f} in {time.time() - t0:.1f}s")

@@ -83,14 +83,14 @@ def test_expand_builds_a_grid_seed_major_and_hard_has_no_tau():
     grid = expand(a2c, seeds=[0, 1], rules=["naive", "proper"])
     assert [(c.seed, c.rule) for c in grid] == [(0, "naive"), (0, "proper"), (1, "naive"), (1, "proper")]
     dqn = algorithm("dqn").config(env="CartPole-v1", tau=0.5)
-    grid = expand(dqn, targets=["hard", "soft_ent"], taus=[0.1, 0.01], n_steps=[1, 5])
+    grid = expand(dqn, backups=["hard", "soft_ent"], taus=[0.1, 0.01], n_steps=[1, 5])
     assert [c.rule for c in grid] == ["hard", "hard_n5", "soft_ent_tau0.1", "soft_ent_tau0.1_n5",
                                       "soft_ent_tau0.01", "soft_ent_tau0.01_n5"]
-    assert {c.tau for c in grid if c.target == "hard"} == {0.5}
+    assert {c.tau for c in grid if c.backup == "hard"} == {0.5}
     with pytest.raises(ValueError, match="DQN options"):
-        expand(a2c, targets=["hard"])
+        expand(a2c, backups=["hard"])
     with pytest.raises(ValueError, match="rules is an A2C option"):
         expand(dqn, rules=["naive"])
     with pytest.raises(ValueError, match=r"seed must be an int in \[0, 2147483647\]"):
         expand(a2c, seeds=[-1])
-    assert json.loads(json.dumps(grid[0].as_dict()))["target"] == "hard"
+    assert json.loads(json.dumps(grid[0].as_dict()))["backup"] == "hard"

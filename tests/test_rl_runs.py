@@ -98,7 +98,7 @@ def test_several_runs_share_one_layout(tmp_path):
 @pytest.mark.parametrize("argv", [["--rule", "hard"], ["--tau", "-1"], ["--env", "Zork"], ["--frames", "1e6"],
                                   ["--seeds", "a,b"], ["--num-envs", "0"], ["--num-envs", "100000000"],
                                   ["--frames", "10000000000000000000000"], ["--seed", "3", "--seeds", "0"],
-                                  ["--rule", "naive", "--rules", "proper"], ["--algo", "dqn", "--targets", "hard",
+                                  ["--rule", "naive", "--rules", "proper"], ["--algo", "dqn", "--backups", "hard",
                                                                             "--taus", "0.1,0.01"]])
 def test_bad_command_lines_are_rejected(argv, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:

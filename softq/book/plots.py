@@ -24,7 +24,8 @@ import matplotlib.ticker
 import numpy as np
 
 from softq import config
-from softq.rl.folder import has_runs, read_log, read_runs, run_record, run_records  # noqa: F401  (chapters use them)
+from softq.regularized import Backup
+from softq.rl.folder import has_runs, read_log, read_runs, run_record, run_records, variant_name  # noqa: F401  (chapters use them)
 
 __all__ = ["figure_dir", "savefig", "read_runs", "has_runs", "curve_stats", "plot_learning_curves",
            "MIN_SEEDS_FOR_BAND", "CURVES_KEY", "SCORE_RANGES", "score_range", "draw_band",
@@ -36,13 +37,13 @@ __all__ = ["figure_dir", "savefig", "read_runs", "has_runs", "curve_stats", "plo
 RULE_STYLE = {"naive": ("C1", "naive (1-step entropy bonus, eq 79)"),
               "proper": ("C0", "proper (entropy in the returns, eq 80)"),
               "soft_q": ("C2", "soft Q-learning, Q = V + tau log pi (Sec 6.3)"),
-              # DQN's variants (Section 6.2), named by softq.rl.dqn.Config.rule: Figure 2's legend
-              "hard": ("k", "standard (eq 81)"),
-              "hard_n5": ("0.55", "standard, n=5"),
-              "soft_ent_tau0.1": ("C3", "soft (ent), tau=0.1 (eq 83)"),
-              "soft_kl_tau0.1": ("C0", "soft (KL), tau=0.1 (eq 82)"),
-              "soft_ent_tau0.01": ("C1", "soft (ent), tau=0.01 (eq 83)"),
-              "soft_kl_tau0.01": ("C2", "soft (KL), tau=0.01 (eq 82)")}
+              # DQN's variants (Section 6.2), named as their run folders are (variant_name): Figure 2's legend
+              variant_name(Backup.HARD, 0.1, 1): ("k", "standard (eq 81)"),
+              variant_name(Backup.HARD, 0.1, 5): ("0.55", "standard, n=5"),
+              **{variant_name(b, tau, 1): (color, f"soft ({'ent' if b == Backup.SOFT_ENT else 'KL'}), tau={tau:g} "
+                                                  f"(eq {83 if b == Backup.SOFT_ENT else 82})")
+                 for b, tau, color in ((Backup.SOFT_ENT, 0.1, "C3"), (Backup.SOFT_KL, 0.1, "C0"),
+                                       (Backup.SOFT_ENT, 0.01, "C1"), (Backup.SOFT_KL, 0.01, "C2"))}}
 
 #: Below this many seeds a learning-curve figure draws every seed and the mean, no band.
 MIN_SEEDS_FOR_BAND = 5

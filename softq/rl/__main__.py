@@ -7,10 +7,10 @@ Examples::
         --frames 10000000 --experiment a2c-pong --parallel 3 --time-limit-minutes 9   # then again with --resume
     python -m softq.rl train --env PongNoFrameskip-v4 --rules naive,proper,soft_q --seeds 0,1,2 --fill \
         --parallel 2 --time-limit-minutes 170   # the grid: skips finished runs, resumes paused ones (--dry-run)
-    python -m softq.rl train --algo dqn --target soft_ent --tau 0.1 --n-step 5 --env PongNoFrameskip-v4
-    python -m softq.rl train --algo dqn --preset pong-cpu --targets hard,soft_ent,soft_kl --fill \
+    python -m softq.rl train --algo dqn --backup soft_ent --tau 0.1 --n-step 5 --env PongNoFrameskip-v4
+    python -m softq.rl train --algo dqn --preset pong-cpu --backups hard,soft_ent,soft_kl --fill \
         --parallel 2   # Figure 2's Pong panel on a 2-core CPU (softq.rl.dqn.PONG_CPU: 4M frames a run)
-    python -m softq.rl train --algo dqn --targets hard,soft_kl,soft_ent --taus 0.1,0.01 --n-steps 1,5 \
+    python -m softq.rl train --algo dqn --backups hard,soft_kl,soft_ent --taus 0.1,0.01 --n-steps 1,5 \
         --experiment dqn-pong --parallel 3 --time-limit-minutes 9   # 9 variants (hard once per n)
     python -m softq.rl bench --game pong --seconds 10
 
@@ -99,10 +99,11 @@ def _parser(algo: str = "a2c", preset: str | None = None) -> argparse.ArgumentPa
         for f in fields:
             if f.metadata["option"].group == title:
                 default = chosen.get(f.name, f.default)
-                group.add_argument(f"--{f.name.replace('_', '-')}", type=field_type(f), default=default,
-                                   help=option_help(f, default))
+                group.add_argument(f"--{f.name.replace('_', '-')}", *f.metadata["option"].aliases,
+                                   type=field_type(f), default=default, help=option_help(f, default))
     t.add_argument("--rules", type=_list(str), help=f"A2C: several rules, comma-separated, from {RULES}")
-    t.add_argument("--targets", type=_list(str), help="DQN: several targets, comma-separated (hard,soft_kl,soft_ent)")
+    t.add_argument("--backups", "--targets", type=_list(str),
+                   help="DQN: several backups, comma-separated (hard,soft_kl,soft_ent)")
     t.add_argument("--taus", type=_list(float), help="DQN: several temperatures of the soft targets")
     t.add_argument("--n-steps", type=_list(int), help="DQN: several lookaheads n")
     t.add_argument("--seeds", type=_list(int), help="several seeds, comma-separated")
@@ -235,17 +236,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.envs and args.experiment and len(envs) > 1 and "{env}" not in args.experiment:
         parser.error("--experiment names one experiment; with several --envs put {env} in it (a2c-paper-{env}), "
                      "or leave it out (each game's is <algo>-<env>)")
-    for one, several in (("--seed", "--seeds"), ("--rule", "--rules"), ("--target", "--targets"),
+    for one, several in (("--seed", "--seeds"), ("--rule", "--rules"), ("--backup", "--backups"),
+                         ("--target", "--targets"), ("--backup", "--targets"), ("--target", "--backups"),
                          ("--tau", "--taus"), ("--n-step", "--n-steps"), ("--env", "--envs")):
         if _given(argv, one) and _given(argv, several):
             parser.error(f"{one} and {several} both given: {several} alone names every value")
-    if args.algo == "a2c" and (args.targets or args.taus or args.n_steps):
-        parser.error("--targets, --taus and --n-steps are DQN options (--algo dqn)")
+    if args.algo == "a2c" and (args.backups or args.taus or args.n_steps):
+        parser.error("--backups, --taus and --n-steps are DQN options (--algo dqn)")
     if args.algo == "dqn" and args.rules:
-        parser.error("--rules is an A2C option; DQN takes --targets, --taus, --n-steps")
+        parser.error("--rules is an A2C option; DQN takes --backups, --taus, --n-steps")
     try:
         base = cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
-        cfgs = expand(base, envs=envs, seeds=args.seeds, rules=args.rules, targets=args.targets, taus=args.taus,
+        cfgs = expand(base, envs=envs, seeds=args.seeds, rules=args.rules, backups=args.backups, taus=args.taus,
                       n_steps=args.n_steps)
     except ValueError as e:
         parser.error(str(e))

@@ -75,7 +75,8 @@ class Option:
     ``help``: the meaning; ``unit``: what the number counts (``"frames"``, ``"minutes"``); ``low``/``high``: the
     allowed range (``low_open``: ``> low`` rather than ``>= low``); ``choices``: the allowed values of a string field;
     ``control``: the field changes how a run is executed, not what it computes, so it may differ on ``--resume``
-    (devices, threads, checkpoints, time limits, measurements); ``group``: the heading in ``--help``.
+    (devices, threads, checkpoints, time limits, measurements); ``group``: the heading in ``--help``; ``aliases``:
+    the option's older spellings on the command line (a run's recorded command replays).
     """
 
     help: str
@@ -86,6 +87,7 @@ class Option:
     choices: tuple[str, ...] = ()
     control: bool = False
     group: str = "the algorithm"
+    aliases: tuple[str, ...] = ()
 
     def describe(self, kind: type) -> str:
         """The allowed values in words: ``"an int >= 1"``, ``"a number in [0, 1]"``, ``"one of fp32, bf16"``."""
@@ -158,6 +160,8 @@ class RunConfig:
     """
 
     ALGO: ClassVar[str]
+    #: Fields renamed since runs were recorded: ``{old name in config.json: field}`` (:meth:`upgrade`).
+    RENAMED: ClassVar[dict[str, str]] = {}
 
     algo: str = option("", "the algorithm: a2c (softq.rl.a2c.Config) | dqn (softq.rl.dqn.Config)", group=RUN)
     env: str = option("PongNoFrameskip-v4", "an Atari game (any ale-py ROM) or a classic-control id, e.g. "
@@ -218,9 +222,15 @@ class RunConfig:
         return dataclasses.asdict(self)
 
     @classmethod
+    def upgrade(cls, d: Mapping[str, Any]) -> dict[str, Any]:
+        """A recorded config's fields under today's names (:attr:`RENAMED`), in their order; nothing else changes."""
+        return {cls.RENAMED.get(k, k): v for k, v in d.items()}
+
+    @classmethod
     def from_dict(cls, d: Mapping[str, Any]):
-        """The config of :meth:`as_dict`; unknown fields are refused by name, missing ones take their defaults (a
-        run from an older version)."""
+        """The config of :meth:`as_dict`; renamed fields are read under their new names (:meth:`upgrade`), unknown
+        fields are refused by name, missing ones take their defaults (a run from an older version)."""
+        d = cls.upgrade(d)
         unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise ValueError(f"config: unknown fields {sorted(unknown)}")

@@ -11,7 +11,7 @@ In one run, on one game with one number of environments and threads, four agent-
 
 and, for DQN (``--what dqn``; :mod:`softq.rl.dqn`), training env steps per second at the paper's replay ratio
 (one batch of 32 per 4 env steps, after learning has started; 1M-transition replay on the training device,
-CUDA graphs where CUDA is), ``dqn_<target>_n<n>_B<num_envs>``, and the replay alone,
+CUDA graphs where CUDA is), ``dqn_<backup>_n<n>_B<num_envs>``, and the replay alone,
 ``replay_sample_n<n>_batches_per_s`` (batches of 32 n-step windows with their stacked observations). On CUDA
 the 1-step ``hard`` and 5-step ``soft_ent`` figures are measured again with eager updates (``..._eager``), and
 ``--what graph`` checks that the CUDA-graph update computes what the eager one does
@@ -174,13 +174,13 @@ def _graph_check(game: str, device: str, threads: int) -> dict[str, Any] | str:
     if softq_config.device(None if device == "auto" else device).type != "cuda":
         return "skipped: needs CUDA (on a CPU every update is eager)"
     checks = {}
-    for target, n in (("hard", 1), ("soft_ent", 5)):
-        cfg = dqn.Config(env=game, target=target, tau=0.1, n_step=n, num_envs=8, buffer_size=100_000,
+    for backup, n in (("hard", 1), ("soft_ent", 5)):
+        cfg = dqn.Config(env=game, backup=backup, tau=0.1, n_step=n, num_envs=8, buffer_size=100_000,
                          frames=MAX_FRAMES, env_threads=min(threads, 8), device=device)
         res = compare_update_paths(cfg)
-        checks[f"{target}_n{n}"] = res
+        checks[f"{backup}_n{n}"] = res
         for r in res["results"]:
-            print(f"graph check {target}_n{n}: {r['mode']:4s} (graph {r['cuda_graph']}) vs eager: weights "
+            print(f"graph check {backup}_n{n}: {r['mode']:4s} (graph {r['cuda_graph']}) vs eager: weights "
                   f"{r['rel_param_diff']:.2e} (relative), losses {r['max_rel_loss_diff']:.2e}, greedy actions "
                   f"{r['greedy_action_mismatch']:.1%} differ", flush=True)
     return checks
@@ -224,7 +224,7 @@ def side_by_side(old_root: str | Path, reps: int = 3, seconds: float = 15.0, gam
     common = {
         "a2c": {"env": game, "rule": "proper", "frames": MAX_FRAMES, "num_envs": num_envs, "env_threads": threads,
                 "device": "cpu"},
-        "dqn": {"algo": "dqn", "env": game, "target": "hard", "num_envs": dqn_num_envs, "learning_starts": 2000,
+        "dqn": {"algo": "dqn", "env": game, "backup": "hard", "num_envs": dqn_num_envs, "learning_starts": 2000,
                 "frames": MAX_FRAMES, "env_threads": min(threads, dqn_num_envs), "device": "cpu"},
     }
     chosen = [v for v in variants if v[2] in what]
@@ -309,10 +309,10 @@ def run_bench(game: str = "pong", num_envs: int = 16, threads: int = 0, seconds:
             variants = [("hard", 1, "auto"), ("soft_ent", 1, "auto"), ("soft_ent", 5, "auto")]
             if cuda:  # CUDA graphs (auto) against the eager update: what the graphs buy
                 variants += [("hard", 1, "off"), ("soft_ent", 5, "off")]
-            for target, n, graph in variants:
-                cfg = dqn.Config(env=game, target=target, tau=0.1, n_step=n, num_envs=b, learning_starts=2000,
+            for backup, n, graph in variants:
+                cfg = dqn.Config(env=game, backup=backup, tau=0.1, n_step=n, num_envs=b, learning_starts=2000,
                                  frames=MAX_FRAMES, env_threads=min(threads, b), device=device, cuda_graph=graph)
-                key = f"dqn_{target}_n{n}_B{b}" + ("_eager" if graph == "off" else "")
+                key = f"dqn_{backup}_n{n}_B{b}" + ("_eager" if graph == "off" else "")
                 figures[key] = _time_dqn(cfg, seconds)
                 print(f"{key:24s} {figures[key]:9.0f} env steps/s", flush=True)
         for n in (1, 5):

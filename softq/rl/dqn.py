@@ -84,13 +84,14 @@ from softq.rl.agent import (
     restore_generator,
 )
 from softq.rl.envs import CLASSIC_ENVS, VecEnv, make_env
+from softq.rl.folder import variant_name
 from softq.rl.nets import make_q_net
 from softq.rl.replay import FrameReplay
 
-__all__ = ["TARGETS", "PRECISIONS", "ATARI_SCHEDULE_FRAMES", "PONG_CPU", "PRESETS", "COLUMNS", "Config", "DQN",
+__all__ = ["BACKUPS", "PRECISIONS", "ATARI_SCHEDULE_FRAMES", "PONG_CPU", "PRESETS", "COLUMNS", "Config", "DQN",
            "dqn_loss", "bootstrap_index"]
 
-TARGETS = regularized.DQN_BACKUPS  # ("hard", "soft_kl", "soft_ent")
+BACKUPS = regularized.DQN_BACKUPS  # ("hard", "soft_kl", "soft_ent"): regularized.Backup's names
 #: The horizon of epsilon's schedule on Atari (``schedule_frames = -1``): the paper's DQN budget (Figure 2, 40M frames)
 ATARI_SCHEDULE_FRAMES = 40_000_000
 #: A DQN configuration that learns Pong within a CPU budget (Figure 2's Pong panel on a 2-core machine): the
@@ -127,13 +128,15 @@ class Config(RunConfig):
     Defaults: CleanRL's dqn_atari (module docstring). Bad values raise ValueError naming the field."""
 
     ALGO: ClassVar[str] = "dqn"
+    #: ``config.json``'s older names of fields: ``target`` (until the backup got one name) is ``backup``.
+    RENAMED: ClassVar[dict[str, str]] = {"target": "backup"}
 
     algo: str = option("dqn", "the algorithm: dqn (this Config) | a2c (softq.rl.a2c.Config)", group=RUN)
     log_every: int = option(1000, "how often progress.csv gets a row", unit="vector steps", low=1, group=CONTROL)
     checkpoint_every: int = option(0, "vector steps between checkpoints (0: off); for tests", unit="vector steps",
                                    low=0, control=True, group=CONTROL)
-    target: str = option("hard", "the regression target: hard (eq 81) | soft_kl (eq 82, corrected) | soft_ent "
-                         "(eq 83, corrected)", choices=TARGETS, group=RUN)
+    backup: str = option("hard", "the backup in the regression target y: hard (eq 81) | soft_kl (eq 82, corrected) "
+                         "| soft_ent (eq 83, corrected)", choices=BACKUPS, group=RUN, aliases=("--target",))
     tau: float = option(0.1, "the temperature of the soft targets (the paper: 0.1 and 0.01); unused by hard", low=0,
                         low_open=True, group=RUN)
     n_step: int = option(1, "the target's lookahead n (the paper: 1 and 5)", unit="agent steps", low=1, high=1000,
@@ -172,8 +175,7 @@ class Config(RunConfig):
     @property
     def rule(self) -> str:
         """The variant's name in the results layout: ``hard``, ``soft_ent_tau0.1``, ``soft_kl_tau0.01_n5``, ..."""
-        name = self.target if self.target == "hard" else f"{self.target}_tau{self.tau:g}"
-        return name if self.n_step == 1 else f"{name}_n{self.n_step}"
+        return variant_name(self.backup, self.tau, self.n_step)
 
     @property
     def horizon_frames(self) -> int:
@@ -408,7 +410,7 @@ class DQN:
         n, size = batch.rewards.shape
         m = bootstrap_index(batch.terminal, batch.truncated)
         cols = torch.arange(size, device=m.device)
-        if cfg.target == "hard" and n > 1:
+        if cfg.backup == "hard" and n > 1:
             q_boot = self.q_values(self.target_net, batch.next_obs[m, cols])  # [N, A]
             q_next = torch.zeros((n, *q_boot.shape), dtype=q_boot.dtype, device=q_boot.device)
             q_next[m, cols] = q_boot
@@ -417,7 +419,7 @@ class DQN:
             q_next = q_next.view(n, size, -1)
             q_boot = q_next[m, cols]
         y = regularized.q_learning_target(batch.rewards, q_next, batch.terminal, batch.truncated,
-                                          cfg.gamma, cfg.tau, cfg.target)
+                                          cfg.gamma, cfg.tau, cfg.backup)
         return y, q_boot
 
     def _update_body(self) -> None:
@@ -505,7 +507,7 @@ class DQN:
     def _non_finite(self, what: str) -> str:
         cfg = self.cfg
         return (f"non-finite {what} at gradient step <= {self.grad_steps} (vector step {self.updates}, frame "
-                f"{self.frames}) of dqn target={cfg.target} env={cfg.env} seed={cfg.seed}: stopped; checkpoint.pt, if "
+                f"{self.frames}) of dqn backup={cfg.backup} env={cfg.env} seed={cfg.seed}: stopped; checkpoint.pt, if "
                 "the run has written one, holds its last good state")
 
     def hooks(self) -> list:

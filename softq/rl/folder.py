@@ -30,8 +30,10 @@ from typing import IO, Any
 
 import numpy as np
 
-__all__ = ["RunFolder", "RunBusy", "TIMING_COLUMNS", "atomic_write_bytes", "load_checkpoint", "read_log",
-           "computed_rows", "read_runs", "has_runs", "run_record", "run_records"]
+from softq.regularized import Backup, as_backup
+
+__all__ = ["variant_name", "RunFolder", "RunBusy", "TIMING_COLUMNS", "atomic_write_bytes", "load_checkpoint",
+           "read_log", "computed_rows", "read_runs", "has_runs", "run_record", "run_records"]
 
 
 class RunBusy(RuntimeError):
@@ -124,10 +126,17 @@ class RunFolder:
         return self.read_json(self.STATUS) or {}
 
     def record(self) -> dict[str, Any]:
-        """``config.json`` with ``status.json`` under ``"status"``: what a caption says about the run."""
+        """``config.json`` with ``status.json`` under ``"status"``: what a caption says about the run. The config's
+        fields carry today's names (:meth:`softq.rl.agent.RunConfig.upgrade`: a run recorded before a rename)."""
         saved = self.config()
         if saved is None:
             raise ValueError(f"{self.path}: no {self.CONFIG}")
+        cfg = saved.get("config")
+        if isinstance(cfg, dict):
+            from softq.rl.agent import algorithm
+
+            with contextlib.suppress(ValueError):
+                saved = {**saved, "config": algorithm(cfg.get("algo", "a2c")).config.upgrade(cfg)}
         return {**saved, "status": self.status()}
 
     def holds_run(self) -> bool:
@@ -258,6 +267,15 @@ def read_runs(experiment: str | Path, rule: str, *, x: str = "frames", y: str = 
 def has_runs(experiment: str | Path, rules) -> bool:
     """Whether ``experiment`` holds at least one logged run of every rule in ``rules``."""
     return Path(experiment).is_dir() and all(read_runs(experiment, r) for r in rules)
+
+
+def variant_name(backup: str, tau: float, n_step: int) -> str:
+    """A DQN variant's name in the results layout and in every figure (``softq.rl.dqn.Config.rule``): the backup, its
+    temperature unless it is ``hard``, and the lookahead unless it is 1: ``hard``, ``soft_ent_tau0.1``,
+    ``soft_kl_tau0.01_n5``, ``hard_n5``."""
+    backup = as_backup(backup)
+    name = backup.value if backup == Backup.HARD else f"{backup.value}_tau{tau:g}"
+    return name if n_step == 1 else f"{name}_n{n_step}"
 
 
 def run_record(run: str | Path) -> dict:

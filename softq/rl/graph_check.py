@@ -102,6 +102,6 @@ def compare_update_paths(cfg: dqn.Config, updates: int = 200, fill_env_steps: in
                         "rel_param_diff": diff / scale, "max_rel_loss_diff": loss_diff,
                         "greedy_action_mismatch": float(np.mean(actions != ref_actions))})
     filler.env.close()
-    return {"device": str(filler.device), "env": cfg.env, "target": cfg.target, "n_step": cfg.n_step,
+    return {"device": str(filler.device), "env": cfg.env, "backup": cfg.backup, "n_step": cfg.n_step,
             "updates": updates, "modes": list(modes), "loss_first": ref_losses[0], "loss_last": ref_losses[-1],
             "results": results}

@@ -39,25 +39,25 @@ RUNS = {"resume": True, "start": False, "restart": False}
 
 
 def expand(base: Any, *, envs: list[str] | None = None, seeds: list[int] | None = None,
-           rules: list[str] | None = None, targets: list[str] | None = None, taus: list[float] | None = None,
+           rules: list[str] | None = None, backups: list[str] | None = None, taus: list[float] | None = None,
            n_steps: list[int] | None = None) -> list[Any]:
     """The configs of a grid: ``base`` (an algorithm's config) with every env x seed x variant, seed-major within each
     env (seed 0 of every variant first, so that a comparison exists early). Each list left out keeps ``base``'s
-    value. A2C's variants are its ``rules``; DQN's are ``targets`` x ``taus`` x ``n_steps``, where the standard
-    target ``hard`` has no temperature and takes ``base.tau`` once (``taus`` with no soft target is an error). Options
+    value. A2C's variants are its ``rules``; DQN's are ``backups`` x ``taus`` x ``n_steps``, where the standard
+    backup ``hard`` has no temperature and takes ``base.tau`` once (``taus`` with no soft backup is an error). Options
     of the other algorithm raise ``ValueError`` naming them; so does a bad value (each config is validated)."""
     if base.algo == "a2c":
-        if targets or taus or n_steps:
-            raise ValueError("targets, taus and n_steps are DQN options (algo dqn)")
+        if backups or taus or n_steps:
+            raise ValueError("backups, taus and n_steps are DQN options (algo dqn)")
         variants = [{"rule": rule} for rule in rules or [base.rule]]
     else:
         if rules:
-            raise ValueError("rules is an A2C option; DQN takes targets, taus, n_steps")
-        if taus and all(t == "hard" for t in targets or [base.target]):
-            raise ValueError("taus: the standard target hard has no temperature (name a soft target in targets)")
-        variants = [{"target": target, "tau": tau, "n_step": n}
-                    for target in targets or [base.target]
-                    for tau in ([base.tau] if target == "hard" else taus or [base.tau])
+            raise ValueError("rules is an A2C option; DQN takes backups, taus, n_steps")
+        if taus and all(b == "hard" for b in backups or [base.backup]):
+            raise ValueError("taus: the standard backup hard has no temperature (name a soft backup in backups)")
+        variants = [{"backup": backup, "tau": tau, "n_step": n}
+                    for backup in backups or [base.backup]
+                    for tau in ([base.tau] if backup == "hard" else taus or [base.tau])
                     for n in n_steps or [base.n_step]]
     return [dataclasses.replace(base, **variant, env=env, seed=seed)
             for env in envs or [base.env] for seed in (seeds or [base.seed]) for variant in variants]
