@@ -575,7 +575,7 @@ def test_without_per_step_checks_a_nan_is_caught_at_the_next_log_row(poison):
 
 def test_bf16_trains_with_float32_values_and_loss():
     """precision=bf16: the convolutions under bf16 autocast; Q values, targets and the loss are float32."""
-    agent = DQN(Config(precision="bf16", n_step=3, target="soft_ent", frames=4 * 2 * 150, **ATARI))
+    agent = DQN(Config(precision="bf16", n_step=3, backup="soft_ent", frames=4 * 2 * 150, **ATARI))
     obs = torch.as_tensor(agent.obs)
     with torch.no_grad():
         q = agent.q_values(agent.net, obs)

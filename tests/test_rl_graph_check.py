@@ -27,7 +27,7 @@ def test_fixed_draws_give_the_batch_the_generator_would_give():
 
 @pytest.mark.parametrize("target,n_step", [("hard", 1), ("hard", 3), ("soft_ent", 3)])
 def test_eager_paths_agree_bit_for_bit_on_cpu(target, n_step):
-    cfg = Config(**CARTPOLE_DQN_SMALL, target=target, n_step=n_step)
+    cfg = Config(**CARTPOLE_DQN_SMALL, backup=target, n_step=n_step)
     res = compare_update_paths(cfg, updates=25, fill_env_steps=300, target_every=10, modes=("off", "off", "on"))
     assert res["device"] == "cpu" and res["updates"] == 25
     assert res["loss_first"] > 0
@@ -53,7 +53,7 @@ def test_the_check_sees_a_path_that_froze_its_batch(monkeypatch):
 
 @pytest.mark.parametrize("target,precision", [("soft_ent", "fp32"), ("hard", "bf16")])
 def test_atari_paths_agree_on_cpu(target, precision):
-    cfg = Config(env="PongNoFrameskip-v4", num_envs=2, buffer_size=2000, frames=10**6, n_step=2, target=target,
+    cfg = Config(env="PongNoFrameskip-v4", num_envs=2, buffer_size=2000, frames=10**6, n_step=2, backup=target,
                  precision=precision)
     res = compare_update_paths(cfg, updates=3, fill_env_steps=100, modes=("off", "on"))
     assert res["results"][0]["max_abs_param_diff"] == 0.0
