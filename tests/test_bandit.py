@@ -247,3 +247,28 @@ def test_soft_jacobians_match_finite_differences():
     fd = (soft_value(net(theta + h * e), TAU, b.pi_bar) - soft_value(net(theta - h * e), TAU, b.pi_bar)) / (2 * h)
     assert abs(j.dv[0] - fd) < 1e-8
     assert torch.allclose(j.dpi, j.dlog_pi * boltzmann_policy(net(theta), TAU, b.pi_bar)[:, None], atol=1e-13)
+
+
+def test_central_difference_bound_holds_and_catches_a_wrong_gradient():
+    """On f = sum(c * theta^3) the truncation error of D(h) is exactly c h^2 (no O(h^4) rest): the bound holds with
+    the factor 3 the docstring derives, and a gradient wrong by more than the bound is caught."""
+    c = torch.tensor([1.0, -2.0, 50.0], dtype=DTYPE)
+    theta = torch.tensor([0.3, -1.2, 0.7], dtype=DTYPE)
+    f = lambda th: (c * th**3).sum()  # noqa: E731
+    exact = 3 * c * theta**2
+    h = 1e-3
+    fd = bd.central_difference(f, theta, h=h)
+    truncation = (c * h**2).abs()
+    torch.testing.assert_close(fd.value - exact, c * h**2, rtol=1e-6, atol=1e-12)
+    assert ((fd.value - exact).abs() <= fd.error).all()
+    assert (fd.error >= 3 * truncation * (1 - 1e-6)).all()
+    wrong = exact + torch.tensor([0.0, 0.0, 2 * float(fd.error[2])], dtype=DTYPE)
+    assert ((wrong - fd.value).abs() > fd.error).any()
+
+
+def test_central_difference_rejects_bad_arguments():
+    f = lambda th: th.sum()  # noqa: E731
+    with pytest.raises(ValueError, match="h must be"):
+        bd.central_difference(f, torch.zeros(2, dtype=DTYPE), h=0.0)
+    with pytest.raises(ValueError, match="theta must be a vector"):
+        bd.central_difference(f, torch.zeros(2, 2, dtype=DTYPE))
