@@ -14,6 +14,15 @@ def _default_dtype_is_restored():
     assert after == before, f"the test changed torch's default dtype to {after} and did not restore it"
 
 
+@pytest.fixture(autouse=True)
+def _torch_threads_are_restored():
+    """An agent sets the process's torch threads (``torch_threads``, or ``auto_torch_threads``); the tests after it
+    run with the count they started with, whatever order pytest runs the files in."""
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def poison(monkeypatch):
     """``poison(module, name, call)``: ``module.name``, a loss function, returns a NaN loss at its ``call``-th call
