@@ -106,10 +106,11 @@ train: $(STAMP)
 	$(PY) -m softq.rl train $(ARGS)
 
 # The A2C grid of Figures 1 and 3 (chapters 6 and 8): rules naive, proper, soft_q x seeds 0, 1, 2 with the paper's
-#   protocol (softq.rl.a2c.Config's defaults: TensorFlow's RMSProp, float32, policy-head gain 1.0, the learning rate
-#   decaying to 0 at the paper's 320M frames), proper vs soft_q measured every 200 updates (agreement.csv). --fill
-#   skips finished runs, resumes paused ones and restarts partial ones (softq.rl.grid); ARGS="--dry-run" prints the
-#   plan and how it departs from the paper's protocol; ARGS="--time-limit-minutes 150" stops cleanly in time.
+#   protocol (softq.rl.agents.a2c.Config's defaults: TensorFlow's RMSProp, float32, policy-head gain 1.0, the
+#   learning rate decaying to 0 at the paper's 320M frames), proper vs soft_q measured every 200 updates
+#   (agreement.csv). --fill skips finished runs, resumes paused ones and restarts partial ones (softq.rl.experiments.grid);
+#   ARGS="--dry-run" prints the plan and how it departs from the paper's protocol; ARGS="--time-limit-minutes 150"
+#   stops cleanly in time.
 # `make grid-pong`: the Pong panel on a 2-core CPU, two runs side by side, one core each: 20M frames a run, where
 #   OpenAI baselines' A2C is well into learning Pong (its Atari-10M benchmark: about -19 at 6M frames, +10 at 16M).
 # `make grid-atari`: the paper's six games, for a GPU machine (ARGS="--parallel 3"): ATARI_FRAMES frames a run, by
@@ -131,8 +132,8 @@ grid-pong-rmsprop-torch: $(STAMP)
 	$(PY) -m softq.rl train --env PongNoFrameskip-v4 $(A2C_PAPER) --frames 10000000 --optimizer rmsprop_torch \
 	  --parallel 2 $(ARGS)
 
-# Figure 2's Pong panel on a 2-core CPU (chapter 7): DQN with softq.rl.dqn.PONG_CPU's settings (Tianshou's Atari
-#   DQN, 4M frames a run), seeds 0 and 1 of the standard, entropy-bonus and KL-penalty targets (tau 0.1), then of the
+# Figure 2's Pong panel on a 2-core CPU (chapter 7): DQN with softq.rl.agents.dqn.PONG_CPU's settings (Tianshou's
+#   Atari DQN, 4M frames a run), seeds 0 and 1 of the standard, entropy-bonus and KL-penalty targets (tau 0.1), then of the
 #   5-step standard target (Figure 2's "standard, n=5") and the 5-step entropy target, two runs side by side. --fill
 #   as above: ARGS="--dry-run", ARGS="--time-limit-minutes 130", ARGS="--taus 0.01" (the paper's other temperature:
 #   the later --taus wins).
@@ -152,6 +153,16 @@ pong-dqn-studies: $(STAMP)
 	$(PY) -m softq.rl train $(DQN_STUDY) --backups hard,soft_ent,soft_kl --tau 0.1 --loss huber --max-grad-norm 10 \
 	  --adam-eps 1e-4 --experiment 'dqn-loss2017-{env}' $(ARGS)
 	$(PY) -m softq.rl train $(DQN_STUDY) --backups soft_ent,soft_kl --taus 0.01 --experiment 'dqn-tau0.01-{env}' $(ARGS)
+
+# Figure 2's Pong panel at the 2017 DQN's loss (chapter 7: the loss study narrowed the gap by more than the seeds'
+#   spread, so the panel is re-run with it): the standard, entropy-bonus and KL-penalty targets (tau 0.1) and the
+#   5-step standard target, seeds 0 and 1, in the loss study's folder (its seed-0 runs are three of the eight).
+DQN_PONG_2017 := --algo dqn --env PongNoFrameskip-v4 --preset pong-cpu --seeds 0,1 --loss huber --max-grad-norm 10 \
+  --adam-eps 1e-4 --experiment 'dqn-loss2017-{env}' --fill --parallel 2 --no-progress
+.PHONY: grid-pong-dqn-2017
+grid-pong-dqn-2017: $(STAMP)
+	$(PY) -m softq.rl train $(DQN_PONG_2017) --backups hard,soft_ent,soft_kl --tau 0.1 --n-steps 1 $(ARGS)
+	$(PY) -m softq.rl train $(DQN_PONG_2017) --backups hard --n-steps 5 $(ARGS)
 
 # `make lease`: the one prepared command for a lent GPU machine (tools/lease.sh; its header says how to call it with
 #   the device tool): install the carried wheels if needed, bench (<= 90 s), then A2C naive/proper/soft_q on Pong side

@@ -56,7 +56,8 @@ def device(prefer: str | None = None) -> torch.device:
 
 def cores() -> int:
     """The number of CPU cores this process may run on: its affinity mask where the OS has one (a container, a
-    ``taskset``, a run pinned by ``softq.rl.runs``), not the machine's count, which ``os.cpu_count`` gives."""
+    ``taskset``, a run pinned by ``softq.rl.experiments.launch``), not the machine's count, which ``os.cpu_count``
+    gives."""
     if hasattr(os, "sched_getaffinity"):
         return max(1, len(os.sched_getaffinity(0)))
     return os.cpu_count() or 1

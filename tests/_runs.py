@@ -1,4 +1,4 @@
-"""Run folders written by hand for tests that read the results layout (softq.book.plots, softq.rl.stats)."""
+"""Run folders written by hand for tests that read the results layout (softq.book.plots, softq.rl.experiments.stats)."""
 
 
 def write_run(root, rule, seed, frames, scores):

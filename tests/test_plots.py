@@ -111,9 +111,9 @@ def test_learning_curves_reject_bad_input(tmp_path):
 
 
 def test_every_figure_2_variant_has_a_style():
-    """Figure 2's six DQN variants, named as softq.rl.dqn.Config.rule names them, each get their own colour."""
+    """Figure 2's six DQN variants, named as softq.rl.agents.dqn.Config.rule names them, each get their own colour."""
     from softq.book.plots import RULE_STYLE
-    from softq.rl.dqn import Config
+    from softq.rl.agents.dqn import Config
 
     variants = [Config(env="CartPole-v1", backup="hard", n_step=n) for n in (1, 5)]
     variants += [Config(env="CartPole-v1", backup=t, tau=tau) for t in ("soft_ent", "soft_kl") for tau in (0.1, 0.01)]

@@ -1,4 +1,4 @@
-"""softq.rl.a2c: the three update rules train with softq's own formulas; masks and targets; configs."""
+"""softq.rl.agents.a2c: the three update rules train with softq's own formulas; masks and targets; configs."""
 
 import math
 import os
@@ -8,8 +8,8 @@ import torch
 
 import softq.losses
 import softq.regularized
-from softq.rl.a2c import A2C, RULES, Config, a2c_loss, reset_placeholders
-from softq.rl.envs import make_env
+from softq.rl.agents.a2c import A2C, RULES, Config, a2c_loss, reset_placeholders
+from softq.rl.parts.envs import make_env
 
 SMALL = {"num_envs": 2, "num_steps": 5, "device": "cpu", "torch_threads": 1, "env_threads": 1}
 
@@ -170,7 +170,7 @@ def test_a_checkpoint_from_another_device_resumes_with_a_fresh_action_generator(
 def test_the_paper_defaults():
     """Atari A2C as the paper ran it: entropy bonus (Figure 1's EntRL), TensorFlow's RMSProp (baselines), the
     learning rate's horizon at the paper's 320M frames whatever the run's length, the 2017 policy-head gain."""
-    from softq.rl.optim import RMSpropTF
+    from softq.rl.parts.optim import RMSpropTF
 
     cfg = Config()
     assert (cfg.penalty, cfg.optimizer, cfg.schedule_frames, cfg.policy_init_scale) == ("entropy", "rmsprop_tf",
@@ -255,8 +255,8 @@ def test_an_underflowing_probability_leaves_the_weights_finite(rule):
 
 
 def test_non_finite_weights_are_never_checkpointed(tmp_path):
-    from softq.rl.agent import NonFiniteLoss
-    from softq.rl.runs import train
+    from softq.rl.agents.base import NonFiniteLoss
+    from softq.rl.experiments.loop import train
 
     agent_cfg = Config(env="CartPole-v1", rule="proper", frames=400, **SMALL)
     agent = A2C(agent_cfg)
@@ -278,7 +278,7 @@ def test_non_finite_weights_are_never_checkpointed(tmp_path):
                 self.net.value.bias.fill_(float("nan"))
         return original(self)
 
-    import softq.rl.a2c as a2c_mod
+    import softq.rl.agents.a2c as a2c_mod
 
     a2c_mod.A2C.update = poisoned
     try:
@@ -299,7 +299,7 @@ def test_the_update_is_the_gradient_of_a2c_loss_on_the_whole_rollout(rule, preci
     actions were sampled from the outputs of the rollout's own calls, which agree with the update's."""
     import copy
 
-    from softq.rl.compare import network_outputs
+    from softq.rl.agents.compare import network_outputs
 
     cfg = Config(env="PongNoFrameskip-v4", rule=rule, frames=10**6, precision=precision, max_grad_norm=1e9,
                  num_envs=2, num_steps=3, device="cpu", torch_threads=1, env_threads=1)
@@ -331,7 +331,7 @@ def test_softq_rl_bounds_openmp_spinning_before_torch_loads():
     import subprocess
     import sys
 
-    probe = ("import os, {first}, {second}, torch\nfrom softq.rl.agent import auto_torch_threads\n"
+    probe = ("import os, {first}, {second}, torch\nfrom softq.rl.agents.base import auto_torch_threads\n"
              "print(os.environ.get('GOMP_SPINCOUNT'), softq.rl.OPENMP_SPIN_BOUNDED, "
              "auto_torch_threads('pong', torch.device('cpu'), cores=4))")
 

@@ -1,11 +1,12 @@
-"""softq.rl.bench: the side-by-side measurement of two checkouts runs, alternates and is saved with the machine."""
+"""softq.rl.diagnostics.bench: the side-by-side measurement of two checkouts runs, alternates and is saved with the
+machine."""
 
 import json
 
 import pytest
 
 from softq.config import ROOT
-from softq.rl.bench import save_side_by_side, side_by_side
+from softq.rl.diagnostics.bench import save_side_by_side, side_by_side
 
 
 def test_side_by_side_measures_both_trees_and_saves(tmp_path):

@@ -1,4 +1,5 @@
-"""softq.rl.cluster: the grid on a real local Ray cluster (one run killed mid-way and resumed) equals the grid run
+"""softq.rl.experiments.cluster: the grid on a real local Ray cluster (one run killed mid-way and resumed) equals the
+grid run
 locally; the dry run's estimate from a bench file."""
 
 import json
@@ -16,11 +17,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from softq.rl import cluster
-from softq.rl.a2c import Config
-from softq.rl.folder import computed_rows
-from softq.rl.grid import fill, plan
-from softq.rl.runs import run_dir
+from softq.rl.agents.a2c import Config
+from softq.rl.experiments import cluster
+from softq.rl.experiments.folder import computed_rows
+from softq.rl.experiments.grid import fill, plan
+from softq.rl.experiments.loop import run_dir
 
 RULES, SEEDS = ("naive", "proper"), (0, 1)
 

@@ -1,4 +1,5 @@
-"""softq.rl.compare: gradients of the agents' own losses, per transition and in exact expectation over actions."""
+"""softq.rl.agents.compare: gradients of the agents' own losses, per transition and in exact expectation over
+actions."""
 
 import dataclasses
 import itertools
@@ -6,9 +7,9 @@ import itertools
 import pytest
 import torch
 
-from softq.rl import compare as cmp
-from softq.rl.a2c import A2C, RULES, Config, a2c_loss
-from softq.rl.folder import computed_rows
+from softq.rl.agents import compare as cmp
+from softq.rl.agents.a2c import A2C, RULES, Config, a2c_loss
+from softq.rl.experiments.folder import computed_rows
 
 GAMMA, TAU, C = 0.9, 0.1, 0.5
 CFG = {"env": "CartPole-v1", "num_envs": 4, "num_steps": 5, "device": "cpu", "torch_threads": 1, "lr": 2e-3}
@@ -109,10 +110,11 @@ def test_score_gradients_match_autograd(agent_batch):
 
 
 def test_training_with_agreement_every_measures_without_changing_the_run(tmp_path):
-    """``agreement_every`` in :func:`softq.rl.runs.train` writes a row of agreement.csv before every k-th update,
+    """``agreement_every`` in :func:`softq.rl.experiments.loop.train` writes a row of agreement.csv before every k-th
+    update,
     leaves the run unchanged (log and weights, against an unmeasured run and a hand-stepped agent), and a paused +
     resumed run writes the same file."""
-    from softq.rl.runs import _train, train
+    from softq.rl.experiments.loop import _train, train
 
     cfg = Config(rule="soft_q", frames=4 * 5 * 30, seed=5, log_every=5, **CFG)
     plain = A2C(cfg)

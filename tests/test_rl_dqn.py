@@ -1,4 +1,5 @@
-"""softq.rl.dqn and softq.rl.replay: the targets of eqs (81)-(83) are softq's functions; the frame replay rebuilds
+"""softq.rl.agents.dqn and softq.rl.parts.replay: the targets of eqs (81)-(83) are softq's functions; the frame replay
+rebuilds
 exactly the stacks the agent saw, never crosses an episode and never samples an incomplete window; resume; learning."""
 
 import csv
@@ -11,13 +12,13 @@ import pytest
 import torch
 
 import softq.regularized as reg
-import softq.rl.dqn
+import softq.rl.agents.dqn
 from softq.rl.__main__ import main
-from softq.rl.dqn import BACKUPS, DQN, Config, bootstrap_index
-from softq.rl.envs import make_env
-from softq.rl.folder import computed_rows
-from softq.rl.replay import FIRST, RESET, FrameReplay
-from softq.rl.runs import train
+from softq.rl.agents.dqn import BACKUPS, DQN, Config, bootstrap_index
+from softq.rl.experiments.folder import computed_rows
+from softq.rl.experiments.loop import train
+from softq.rl.parts.envs import make_env
+from softq.rl.parts.replay import FIRST, RESET, FrameReplay
 
 ATARI = {"num_envs": 2, "buffer_size": 600, "batch_size": 8, "learning_starts": 100, "target_update": 100,
          "device": "cpu", "torch_threads": 1, "env_threads": 1}
@@ -193,9 +194,9 @@ def test_logged_target_entropy_and_action_gap_are_those_of_the_update_batch(back
     gen_state, net_before = agent.gen.get_state(), {k: v.clone() for k, v in agent.net.state_dict().items()}
     agent.update()
     stats = dict(zip(agent.STAT_NAMES, agent._stats.tolist(), strict=True))
-    assert set(softq.rl.dqn.COLUMNS) >= set(agent.STAT_NAMES)
+    assert set(softq.rl.agents.dqn.COLUMNS) >= set(agent.STAT_NAMES)
     batch = agent.replay.sample(cfg.batch_size, torch.Generator().set_state(gen_state))
-    online = softq.rl.dqn.make_q_net(agent.env.obs_shape, agent.env.n_actions, cfg.hidden)
+    online = softq.rl.agents.dqn.make_q_net(agent.env.obs_shape, agent.env.n_actions, cfg.hidden)
     online.load_state_dict(net_before)
     with torch.no_grad():
         q_next = agent.target_net(batch.next_obs.reshape(-1, *batch.next_obs.shape[2:])).view(n_step, 64, -1)
@@ -380,8 +381,9 @@ def test_bad_dqn_configs_are_rejected_by_name():
 def test_a_run_recorded_under_the_old_name_target_reads_as_backup(tmp_path):
     """config.json of runs recorded before the rename says "target": read (from_dict, a folder's record, a resume's
     comparison) under today's name, and the old option --target still parses (a recorded command replays)."""
-    from softq.rl.folder import RunFolder, variant_name
-    from softq.rl.runs import config_diff
+    from softq.rl.agents.base import variant_name
+    from softq.rl.experiments.folder import RunFolder
+    from softq.rl.experiments.loop import config_diff
 
     cfg = Config(env="CartPole-v1", backup="soft_kl", tau=0.01)
     old = {("target" if k == "backup" else k): v for k, v in cfg.as_dict().items()}
@@ -437,10 +439,10 @@ def test_atari_resume_refills_the_replay_and_says_so(tmp_path):
 
 
 def test_nan_loss_stops_the_run(tmp_path, poison):
-    poison(softq.rl.dqn, "dqn_loss", 30)
+    poison(softq.rl.agents.dqn, "dqn_loss", 30)
     cfg = Config(backup="soft_kl", frames=2000, log_every=10, checkpoint_every=20,
                  **{**CARTPOLE_DQN, "learning_starts": 100, "batch_size": 8})
-    with pytest.raises(softq.rl.a2c.NonFiniteLoss, match="gradient step <= 30"):
+    with pytest.raises(softq.rl.agents.a2c.NonFiniteLoss, match="gradient step <= 30"):
         train(cfg, tmp_path, progress=False)
     assert json.loads((tmp_path / "status.json").read_text())["status"] == "failed"
     state = torch.load(tmp_path / "checkpoint.pt", weights_only=False)["agent"]
@@ -456,7 +458,7 @@ def test_cli_runs_dqn_variants_in_one_layout(tmp_path, capsys):
     assert runs == ["demo/hard/seed0", "demo/hard_n5/seed0", "demo/soft_ent_tau0.01/seed0",
                     "demo/soft_ent_tau0.01_n5/seed0", "demo/soft_ent_tau0.1/seed0", "demo/soft_ent_tau0.1_n5/seed0"]
     with open(tmp_path / "demo" / "soft_ent_tau0.1_n5" / "seed0" / "progress.csv") as f:
-        assert tuple(next(csv.reader(f))) == softq.rl.dqn.COLUMNS
+        assert tuple(next(csv.reader(f))) == softq.rl.agents.dqn.COLUMNS
     for bad, name in [(["--backup", "soft"], "backup"), (["--target", "soft"], "backup"),
                       (["--rules", "naive"], "rules"), (["--algo", "ppo"], "algo"),
                       (["--backup", "hard", "--targets", "hard"], "--targets")]:
@@ -542,7 +544,7 @@ def test_a_non_finite_gradient_stops_the_run():
     while agent.grad_steps < 4:
         agent.step()
     agent.net.head.bias.register_hook(lambda g: g * float("inf"))
-    with pytest.raises(softq.rl.a2c.NonFiniteLoss, match="gradient step <= 5"):
+    with pytest.raises(softq.rl.agents.a2c.NonFiniteLoss, match="gradient step <= 5"):
         agent.step()
     assert math.isfinite(agent._stats[0]) and not math.isfinite(agent._stats[3])  # the loss was finite
 
@@ -550,15 +552,15 @@ def test_a_non_finite_gradient_stops_the_run():
 def test_without_per_step_checks_a_nan_is_caught_at_the_next_log_row(poison):
     """CUDA's mode (check_every_step False: no host-device sync per update): a NaN is found at the next log row,
     or by assert_finite (runs.train: before each checkpoint), which also checks the weights."""
-    poison(softq.rl.dqn, "dqn_loss", 4)
+    poison(softq.rl.agents.dqn, "dqn_loss", 4)
     agent = DQN(Config(**{**CARTPOLE_DQN, "learning_starts": 40, "log_every": 50}))
     agent.check_every_step = False
     while agent.grad_steps < 8:
         agent.step()  # the NaN of gradient step 4 is not read yet
     assert agent.updates < 50
-    with pytest.raises(softq.rl.a2c.NonFiniteLoss, match="loss or gradient at gradient step"):
+    with pytest.raises(softq.rl.agents.a2c.NonFiniteLoss, match="loss or gradient at gradient step"):
         agent.assert_finite()
-    with pytest.raises(softq.rl.a2c.NonFiniteLoss, match="loss or gradient"):
+    with pytest.raises(softq.rl.agents.a2c.NonFiniteLoss, match="loss or gradient"):
         while True:
             agent.step()
     assert agent.updates == 50
@@ -566,7 +568,7 @@ def test_without_per_step_checks_a_nan_is_caught_at_the_next_log_row(poison):
     fresh.assert_finite()
     with torch.no_grad():
         fresh.target_net.head.weight[0, 0] = float("inf")
-    with pytest.raises(softq.rl.a2c.NonFiniteLoss, match="non-finite weights"):
+    with pytest.raises(softq.rl.agents.a2c.NonFiniteLoss, match="non-finite weights"):
         fresh.assert_finite()
 
 
@@ -595,7 +597,7 @@ def test_bf16_trains_with_float32_values_and_loss():
 def test_pong_cpu_preset_is_tianshous_schedule():
     """PONG_CPU (Tianshou's atari_dqn.py): epsilon 1 -> 0.05 over the first 1M env steps, then constant; one gradient
     step per 10 env steps; the target copied every 5000 env steps (500 gradient steps)."""
-    from softq.rl.dqn import PONG_CPU
+    from softq.rl.agents.dqn import PONG_CPU
 
     agent = DQN(Config(**{**ATARI, **PONG_CPU, "buffer_size": 600, "frames": 8_000_000}))  # a small replay here
     agent.env.close()
@@ -610,7 +612,7 @@ def test_cli_preset_sets_defaults_that_explicit_options_override(tmp_path, capsy
     """``--preset pong-cpu`` makes PONG_CPU the defaults of the DQN options; an explicit option still wins; an
     unknown preset, or a preset for A2C, is a usage error naming --preset."""
     from softq.rl.__main__ import _parser
-    from softq.rl.dqn import PONG_CPU
+    from softq.rl.agents.dqn import PONG_CPU
 
     args = _parser("dqn", "pong-cpu").parse_args(["train", "--algo", "dqn", "--preset", "pong-cpu", "--num-envs", "4"])
     assert args.num_envs == 4

@@ -1,10 +1,11 @@
-"""softq.rl.envs: one interface for Atari (the paper's protocol) and classic control; autoreset never crosses games."""
+"""softq.rl.parts.envs: one interface for Atari (the paper's protocol) and classic control; autoreset never crosses
+games."""
 
 import numpy as np
 import pytest
 
-from softq.rl import envs
-from softq.rl.envs import atari_game, is_atari, make_env
+from softq.rl.parts import envs
+from softq.rl.parts.envs import atari_game, is_atari, make_env
 
 
 def test_game_names_and_unknown_game():

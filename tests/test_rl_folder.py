@@ -1,13 +1,14 @@
-"""softq.rl.folder.RunFolder (the one owner of a run folder) and softq.rl.agent (the agent interface, the registry,
-the config base), with softq.rl.grid.expand (a grid's configs as a library call)."""
+"""softq.rl.experiments.folder.RunFolder (the one owner of a run folder) and softq.rl.agents.base (the agent interface,
+the registry,
+the config base), with softq.rl.experiments.grid.expand (a grid's configs as a library call)."""
 
 import json
 
 import pytest
 
-from softq.rl.agent import ALGORITHMS, Agent, algorithm, make_agent, read_config
-from softq.rl.folder import RunBusy, RunFolder
-from softq.rl.grid import expand
+from softq.rl.agents.base import ALGORITHMS, Agent, algorithm, make_agent, read_config
+from softq.rl.experiments.folder import RunBusy, RunFolder
+from softq.rl.experiments.grid import expand
 
 
 def test_json_is_written_atomically_and_a_bad_file_is_named(tmp_path):

@@ -1,14 +1,15 @@
-"""The CUDA-graph check of DQN's update (softq.rl.graph_check) and the bench's handling of it, on the CPU."""
+"""The CUDA-graph check of DQN's update (softq.rl.diagnostics.graph_check) and the bench's handling of it, on the
+CPU."""
 
 import json
 
 import pytest
 import torch
 
-import softq.rl.graph_check as graph_check
-from softq.rl.bench import run_bench
-from softq.rl.dqn import DQN, Config
-from softq.rl.graph_check import compare_update_paths
+import softq.rl.diagnostics.graph_check as graph_check
+from softq.rl.agents.dqn import DQN, Config
+from softq.rl.diagnostics.bench import run_bench
+from softq.rl.diagnostics.graph_check import compare_update_paths
 
 CARTPOLE_DQN_SMALL = dict(env="CartPole-v1", num_envs=4, buffer_size=2000, frames=10**6, hidden=32)
 

@@ -1,4 +1,5 @@
-"""softq.rl.grid: a grid that fills up over sittings (skip finished, resume paused, restart partial), and locks."""
+"""softq.rl.experiments.grid: a grid that fills up over sittings (skip finished, resume paused, restart partial), and
+locks."""
 
 import json
 import shutil
@@ -7,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from softq.rl.__main__ import main
-from softq.rl.a2c import Config
-from softq.rl.folder import RunBusy, RunFolder, computed_rows
-from softq.rl.grid import fill, plan, plan_run
-from softq.rl.runs import train
+from softq.rl.agents.a2c import Config
+from softq.rl.experiments.folder import RunBusy, RunFolder, computed_rows
+from softq.rl.experiments.grid import fill, plan, plan_run
+from softq.rl.experiments.loop import train
 
 TINY = ["--env", "CartPole-v1", "--num-envs", "4", "--lr", "0.002", "--torch-threads", "1", "--frames", "2000",
         "--log-every", "50", "--no-progress"]
@@ -131,7 +132,7 @@ def test_several_envs_are_several_experiments(tmp_path, capsys):
 
 def test_the_dry_run_names_how_a_grid_departs_from_the_papers_protocol(tmp_path, capsys):
     """The paper's A2C at its 320M frames: no difference; a CPU budget and torch's RMSprop: both named."""
-    from softq.rl.a2c import PAPER_FRAMES, Config, paper_protocol_differences
+    from softq.rl.agents.a2c import PAPER_FRAMES, Config, paper_protocol_differences
 
     assert paper_protocol_differences(Config(frames=PAPER_FRAMES, rule="naive", seed=4)) == []
     assert paper_protocol_differences(Config(frames=20_000_000, optimizer="rmsprop_torch", torch_threads=1)) == [

@@ -1,4 +1,4 @@
-"""softq.rl.optim: TensorFlow 1's RMSProp (baselines' A2C) against hand computations, torch's RMSprop, resume."""
+"""softq.rl.parts.optim: TensorFlow 1's RMSProp (baselines' A2C) against hand computations, torch's RMSprop, resume."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from softq.rl.optim import OPTIMIZERS, RMSpropTF, _foreach_update, _loop_update, make_optimizer
+from softq.rl.parts.optim import OPTIMIZERS, RMSpropTF, _foreach_update, _loop_update, make_optimizer
 
 ALPHA, EPS = 0.99, 1e-5  # baselines' A2C
 P0 = np.array([0.5, -1.0, 2.0, 0.0])
@@ -130,7 +130,7 @@ def _train(net, opt, steps, seed, lr0=7e-4):
 
 @pytest.mark.parametrize("kwargs", [{}, {"momentum": 0.9, "centered": True}, {"foreach": False}])
 def test_state_dict_round_trip_continues_bit_for_bit(kwargs):
-    from softq.rl.nets import make_net
+    from softq.rl.parts.nets import make_net
 
     def fresh():
         torch.manual_seed(0)
@@ -189,7 +189,7 @@ def test_tensor_lr_paths_agree_with_float_lr():
 
 
 def test_foreach_and_loop_agree_bit_for_bit():
-    from softq.rl.nets import make_net
+    from softq.rl.parts.nets import make_net
 
     out = []
     for foreach in (True, False):
@@ -226,7 +226,7 @@ def test_bad_hyperparameters_raise():
 def test_gradient_report_finds_silent_weights_and_dead_units():
     """A filter bank whose filter 1 never gets a gradient: the report counts it dead; the step ratio is TF's
     denominator sqrt(ms + eps) over torch's sqrt(ms) + eps, i.e. torch's step over TF's."""
-    from softq.rl.optim import gradient_report
+    from softq.rl.parts.optim import gradient_report
 
     ms = torch.full((3, 2, 2, 2), 1e-6)
     ms[1] = 0.0
@@ -241,7 +241,7 @@ def test_gradient_report_finds_silent_weights_and_dead_units():
 def test_torch_over_tf_is_the_ratio_of_the_two_optimizers_actual_steps(ms, g):
     """One step of a real torch.optim.RMSprop and of RMSpropTF from the same state (mean square ms, a gradient g
     that keeps it there: g**2 = ms, or not): the report's torch_over_tf_median is torch's step over TF's."""
-    from softq.rl.optim import gradient_report, torch_over_tf_step
+    from softq.rl.parts.optim import gradient_report, torch_over_tf_step
 
     eps, lr, steps = 1e-5, 7e-4, {}
     for name, cls in (("torch", torch.optim.RMSprop), ("tf", RMSpropTF)):

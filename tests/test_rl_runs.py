@@ -1,4 +1,5 @@
-"""softq.rl.runs and the command line: logs, atomic checkpoints, kill + resume equality, NaN stop, layout, learning."""
+"""softq.rl.experiments.loop and the command line: logs, atomic checkpoints, kill + resume equality, NaN stop, layout,
+learning."""
 
 import csv
 import json
@@ -12,12 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 
-import softq.rl.a2c
+import softq.rl.agents.a2c
 from softq.rl.__main__ import main
-from softq.rl.a2c import CARTPOLE as CARTPOLE_A2C  # the book's CartPole settings: Config fields
-from softq.rl.a2c import COLUMNS, Config, NonFiniteLoss
-from softq.rl.folder import computed_rows
-from softq.rl.runs import train
+from softq.rl.agents.a2c import CARTPOLE as CARTPOLE_A2C  # the book's CartPole settings: Config fields
+from softq.rl.agents.a2c import COLUMNS, Config, NonFiniteLoss
+from softq.rl.experiments.folder import computed_rows
+from softq.rl.experiments.loop import train
 
 ROOT = Path(__file__).resolve().parent.parent
 CARTPOLE_ARGV = ["--env", "CartPole-v1", "--num-envs", "4", "--lr", "0.002", "--torch-threads", "1"]
@@ -71,7 +72,7 @@ def test_time_limit_pauses_and_resume_finishes(tmp_path):
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, poison):
-    poison(softq.rl.a2c, "a2c_loss", 7)
+    poison(softq.rl.agents.a2c, "a2c_loss", 7)
     cfg = Config(env="CartPole-v1", rule="soft_q", frames=400, num_envs=4, log_every=2, checkpoint_every=5)
     with pytest.raises(NonFiniteLoss, match="update 7"):
         train(cfg, tmp_path, progress=False)
@@ -123,13 +124,13 @@ def test_bad_bench_command_lines_are_rejected(argv, name, tmp_path, capsys):
 @pytest.mark.parametrize("algo", ["a2c", "dqn"])
 def test_train_help_explains_every_option(algo, capsys):
     """Every Config field is an option whose --help gives its meaning, its unit where it counts something, and its
-    allowed values, all from the field's declaration (softq.rl.agent.option); the help of one algorithm says where
+    allowed values, all from the field's declaration (softq.rl.agents.base.option); the help of one algorithm says where
     the other's options are."""
     import dataclasses
 
     from softq.rl.__main__ import option_help
-    from softq.rl.agent import field_type
-    from softq.rl.runs import config_class
+    from softq.rl.agents.base import field_type
+    from softq.rl.experiments.loop import config_class
 
     cls = config_class(algo)
     for f in dataclasses.fields(cls):
@@ -147,7 +148,7 @@ def test_train_help_explains_every_option(algo, capsys):
 @pytest.mark.parametrize("rule", ["proper", "soft_q"])
 def test_cartpole_learns(rule, tmp_path):
     """A short CartPole run clearly learns (random play scores ~22): tuned for CartPole, not the Atari defaults
-    (softq.rl.a2c.CARTPOLE says why)."""
+    (softq.rl.agents.a2c.CARTPOLE says why)."""
     cfg = Config(**CARTPOLE_A2C, rule=rule, frames=80_000, num_envs=8, lr=2e-3, lr_schedule="constant", log_every=100)
     t0 = time.time()
     result = train(cfg, tmp_path, progress=False)
@@ -168,7 +169,7 @@ def test_atari_resume_starts_fresh_games(tmp_path):
 
 def test_parallel_runs_split_the_cores(monkeypatch):
     """--parallel k gives each run its own cores and thread counts for them (not k times the machine's)."""
-    from softq.rl.runs import core_slots, split_threads
+    from softq.rl.experiments.launch import core_slots, split_threads
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)))
     slots = core_slots(3)
@@ -193,7 +194,7 @@ def test_parallel_runs_split_the_cores(monkeypatch):
 def test_train_many_equals_training_in_process_and_names_failures(tmp_path):
     """train_many's concurrent subprocess runs end as the same runs trained in this process (log and weights), and
     a run that cannot start is named in the error, the others finishing all the same."""
-    from softq.rl.runs import train_many
+    from softq.rl.experiments.launch import train_many
 
     cfgs = [Config(**CARTPOLE_A2C, rule=rule, seed=3, frames=4 * 5 * 40, num_envs=4, lr=2e-3,
                    log_every=10, device="cpu", torch_threads=1, env_threads=1, checkpoint_minutes=0)
@@ -253,8 +254,8 @@ def test_a_log_cut_below_the_checkpoint_is_refused_and_a_longer_one_cut_back(tmp
 
 @pytest.mark.parametrize("damage", ["truncated", "garbage", "empty"])
 def test_a_corrupt_checkpoint_is_named_by_resume_fill_and_inspect(tmp_path, damage, capsys):
-    from softq.rl.grid import plan_run
-    from softq.rl.optim import checkpoint_gradient_report
+    from softq.rl.diagnostics.inspect import checkpoint_gradient_report
+    from softq.rl.experiments.grid import plan_run
 
     train(_small(time_limit_minutes=1e-6), tmp_path, progress=False)
     ckpt = tmp_path / "checkpoint.pt"
@@ -300,15 +301,13 @@ def test_taken_or_repeated_seeds_are_refused_before_any_run_starts(tmp_path, cap
 
 
 def test_a_full_disk_fails_the_run_and_leaves_no_tmp_file(tmp_path, monkeypatch):
-    import softq.rl.runs as runs
-
-    real = runs.torch.save
+    real = torch.save
 
     def full(obj, f, *a, **k):
         real(obj, f, *a, **k)
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(runs.torch, "save", full)
+    monkeypatch.setattr(torch, "save", full)
     with pytest.raises(OSError, match="No space left"):
         train(_small(checkpoint_every=50), tmp_path, progress=False)
     status = json.loads((tmp_path / "status.json").read_text())

@@ -1,4 +1,5 @@
-"""softq.rl.stats: intervals and probabilities of improvement over seeds, through rliable, checked by hand."""
+"""softq.rl.experiments.stats: intervals and probabilities of improvement over seeds, through rliable, checked by
+hand."""
 
 import itertools
 
@@ -6,7 +7,7 @@ import numpy as np
 import pytest
 from _runs import write_run
 
-from softq.rl import stats
+from softq.rl.experiments import stats
 
 
 def test_final_scores_at_the_last_common_point_and_at_a_named_one(tmp_path):

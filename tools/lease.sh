@@ -186,8 +186,8 @@ else
 fi
 READY=1
 phase check 120 "$PY" -c "
-import json, os, sys, softq.rl.a2c
-from softq.rl.runs import machine, versions
+import json, os, sys, softq.rl.agents.a2c
+from softq.rl.experiments.provenance import machine, versions
 info = {'versions': versions(), 'machine': machine()}
 import torch
 info['cuda'] = torch.cuda.is_available()

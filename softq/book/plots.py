@@ -1,6 +1,6 @@
 """Figures of the book, written by code: :func:`savefig` saves every figure as PNG (notebooks, README) and SVG.
 
-Learning curves (Figures 1-3) are read from the results layout of :mod:`softq.rl.runs`,
+Learning curves (Figures 1-3) are read from the results layout of :mod:`softq.rl.experiments.loop`,
 ``<experiment>/<rule>/seed<k>/progress.csv``: :func:`read_runs`, :func:`curve_stats`, :func:`plot_learning_curves`,
 :func:`learning_curve_grid`. They are drawn so that they cannot mislead: with fewer than :data:`MIN_SEEDS_FOR_BAND`
 seeds every seed is a thin line and the mean over seeds a thick one (a band over three seeds that split into
@@ -25,7 +25,8 @@ import numpy as np
 
 from softq import config
 from softq.regularized import Backup
-from softq.rl.folder import has_runs, read_log, read_runs, run_record, run_records, variant_name  # noqa: F401  (chapters use them)
+from softq.rl.agents.base import variant_name  # noqa: F401  (chapters use them)
+from softq.rl.experiments.folder import has_runs, read_log, read_runs, run_record, run_records
 
 __all__ = ["figure_dir", "savefig", "read_runs", "has_runs", "curve_stats", "plot_learning_curves",
            "MIN_SEEDS_FOR_BAND", "CURVES_KEY", "SCORE_RANGES", "score_range", "draw_band",
@@ -310,9 +311,9 @@ def plot_pairs(pairs: dict[str, dict[str, str | Path]], field: str, *, title: st
 
 def config_spread(records: dict[tuple[str, int], dict], *, ignore=("rule", "seed")) -> dict[str, list]:
     """The Config fields whose values differ between the runs of ``records`` (:func:`run_records`), other than
-    ``ignore`` and the run-control fields (:data:`softq.rl.runs.RUN_CONTROL`, which do not change what is
+    ``ignore`` and the run-control fields (:data:`softq.rl.experiments.loop.RUN_CONTROL`, which do not change what is
     computed): ``{field: [distinct values]}``. Empty when the runs are one configuration up to rule and seed."""
-    from softq.rl.runs import RUN_CONTROL
+    from softq.rl.experiments.loop import RUN_CONTROL
 
     values: dict[str, set] = {}
     for meta in records.values():
@@ -337,7 +338,7 @@ def budget_caption(records: dict[tuple[str, int], dict], paper_frames: float = 3
     walls = [m["status"].get("wall_s") for m in records.values() if m["status"].get("wall_s")]
     machines = sorted({f"{m['machine'].get('gpu') or m['machine']['cpu']} ({m['machine']['cores']} cores)"
                        for m in records.values()})
-    # A2C records its optimizer; DQN has one, Adam (softq.rl.dqn.Config: no optimizer field)
+    # A2C records its optimizer; DQN has one, Adam (softq.rl.agents.dqn.Config: no optimizer field)
     optim = sorted({m["config"].get("optimizer") or ("adam" if m["config"].get("algo") == "dqn" else "?")
                     for m in records.values()})
     done = sum(m["status"].get("status") == "done" for m in records.values())

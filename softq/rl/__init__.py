@@ -1,14 +1,18 @@
 """softq.rl: deep RL for the paper's experiments (Section 6), trained with softq's own losses and targets.
 
-- :mod:`softq.rl.envs`: Atari (ale-py's vector env, the paper's protocol) and classic control behind one interface.
-- :mod:`softq.rl.nets`: the shared-trunk actor-critic (Nature CNN / MLP).
-- :mod:`softq.rl.a2c`: A2C with the paper's three update rules, ``naive`` (eq 79), ``proper`` (eq 80), ``soft_q``
-  (Section 6.3), every hyperparameter in :class:`softq.rl.a2c.Config`.
-- :mod:`softq.rl.dqn`: DQN with the backups of Section 6.2, ``hard`` (eq 81), ``soft_kl`` and ``soft_ent`` (eqs 82,
-  83, corrected), 1- or n-step, every hyperparameter in :class:`softq.rl.dqn.Config` (CleanRL's dqn_atari defaults).
-- :mod:`softq.rl.replay`: the frame replay (each frame once, on the training device, sampled by index arithmetic).
-- :mod:`softq.rl.runs`: logs, atomic checkpoints, resume, the ``results/<experiment>/<rule>/seed<k>/`` layout.
-- :mod:`softq.rl.bench`: ``make bench``. Command line: ``python -m softq.rl train|bench``.
+Four layers, each importing only the paper's objects, its own layer and those above it in this list
+(``tests/test_layout.py`` checks it):
+
+- :mod:`softq.rl.parts`: environments (Atari through ale-py's vector env with the paper's protocol, and classic
+  control, behind one interface), networks, optimizers (TensorFlow's RMSProp among them), the frame replay.
+- :mod:`softq.rl.agents`: A2C with the paper's three update rules, ``naive`` (eq 79), ``proper`` (eq 80), ``soft_q``
+  (Section 6.3), and DQN with the backups of Section 6.2, ``hard`` (eq 81), ``soft_kl`` and ``soft_ent`` (eqs 82, 83,
+  corrected); every hyperparameter in their ``Config``; one :class:`~softq.rl.agents.base.Agent` interface.
+- :mod:`softq.rl.experiments`: the run folder ``results/<experiment>/<rule>/seed<k>/``, the training loop with
+  atomic checkpoints and resume, several runs at once, grids (locally or on Ray), provenance, statistics over seeds.
+- :mod:`softq.rl.diagnostics`: ``make bench``, the graph check, per-transition gradients, checkpoint inspection.
+
+Command line: ``python -m softq.rl train|bench|inspect`` (:mod:`softq.rl.__main__`).
 """
 
 import os as _os

@@ -9,15 +9,15 @@ Examples::
         --parallel 2 --time-limit-minutes 170   # the grid: skips finished runs, resumes paused ones (--dry-run)
     python -m softq.rl train --algo dqn --backup soft_ent --tau 0.1 --n-step 5 --env PongNoFrameskip-v4
     python -m softq.rl train --algo dqn --preset pong-cpu --backups hard,soft_ent,soft_kl --fill \
-        --parallel 2   # Figure 2's Pong panel on a 2-core CPU (softq.rl.dqn.PONG_CPU: 4M frames a run)
+        --parallel 2   # Figure 2's Pong panel on a 2-core CPU (softq.rl.agents.dqn.PONG_CPU: 4M frames a run)
     python -m softq.rl train --algo dqn --backups hard,soft_kl,soft_ent --taus 0.1,0.01 --n-steps 1,5 \
         --experiment dqn-pong --parallel 3 --time-limit-minutes 9   # 9 variants (hard once per n)
     python -m softq.rl bench --game pong --seconds 10
 
-Every field of the algorithm's Config (:class:`softq.rl.a2c.Config` for ``--algo a2c``, the default;
-:class:`softq.rl.dqn.Config` for ``--algo dqn``) is an option (``--num-envs``, ``--tau``, ...), with that
+Every field of the algorithm's Config (:class:`softq.rl.agents.a2c.Config` for ``--algo a2c``, the default;
+:class:`softq.rl.agents.dqn.Config` for ``--algo dqn``) is an option (``--num-envs``, ``--tau``, ...), with that
 algorithm's defaults; bad values are rejected with a message naming them. Runs go to
-``results/<experiment>/<rule>/seed<k>/`` (see :mod:`softq.rl.runs`).
+``results/<experiment>/<rule>/seed<k>/`` (see :mod:`softq.rl.experiments.loop`).
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from softq.rl.a2c import RULES
-from softq.rl.agent import ALGORITHMS, field_type
-from softq.rl.runs import config_class
+from softq.rl.agents.a2c import RULES
+from softq.rl.agents.base import ALGORITHMS, field_type
+from softq.rl.experiments.loop import config_class
 
 
 def _list(kind):
@@ -59,7 +59,7 @@ def _algo(argv: list[str]) -> str:
 
 
 def _preset(argv: list[str]) -> str | None:
-    """The value of ``--preset`` in ``argv`` (DQN: a name in :data:`softq.rl.dqn.PRESETS`), or None: it sets the
+    """The value of ``--preset`` in ``argv`` (DQN: a name in :data:`softq.rl.agents.dqn.PRESETS`), or None: it sets the
     defaults of the Config's options, which explicit options then override."""
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--preset")
@@ -67,7 +67,7 @@ def _preset(argv: list[str]) -> str | None:
 
 
 def option_help(f: dataclasses.Field, default) -> str:
-    """``--help``'s text for a Config field, from its :class:`softq.rl.agent.Option`: the meaning, the unit, the
+    """``--help``'s text for a Config field, from its :class:`softq.rl.agents.base.Option`: the meaning, the unit, the
     allowed values and the default."""
     opt, kind = f.metadata["option"], field_type(f)
     unit = f" [{opt.unit}]" if opt.unit else ""
@@ -86,12 +86,12 @@ def _parser(algo: str = "a2c", preset: str | None = None) -> argparse.ArgumentPa
     cls = config_class(algo)
     presets = {}
     if algo == "dqn":
-        from softq.rl.dqn import PRESETS as presets
+        from softq.rl.agents.dqn import PRESETS as presets
 
         t.add_argument("--preset", choices=sorted(presets), default="cleanrl",
                        help="a named set of defaults for the options below, which explicit options override: "
-                            "cleanrl (CleanRL's dqn_atari), pong-cpu (softq.rl.dqn.PONG_CPU: Tianshou's Atari DQN, "
-                            "Pong in 4M frames on a 2-core CPU)")
+                            "cleanrl (CleanRL's dqn_atari), pong-cpu (softq.rl.agents.dqn.PONG_CPU: Tianshou's "
+                            "Atari DQN, Pong in 4M frames on a 2-core CPU)")
     chosen = presets.get(preset or "cleanrl", {})
     fields = dataclasses.fields(cls)
     for title in dict.fromkeys(f.metadata["option"].group for f in fields):
@@ -116,12 +116,12 @@ def _parser(algo: str = "a2c", preset: str | None = None) -> argparse.ArgumentPa
     t.add_argument("--resume", action="store_true", help="continue from each run's checkpoint.pt")
     t.add_argument("--fill", action="store_true",
                    help="run what is missing of the grid: skip finished runs, resume those with a checkpoint, "
-                        "start the others (a partial run without checkpoint starts afresh); softq.rl.grid")
+                        "start the others (a partial run without checkpoint starts afresh); softq.rl.experiments.grid")
     t.add_argument("--dry-run", action="store_true",
                    help="with --fill: print the plan and, with --bench, what it costs; run nothing")
     t.add_argument("--launcher", choices=("local", "ray"), default="local",
                    help="with --fill: local (this machine, --parallel at once) or ray (one Ray task per run on the "
-                        "cluster at --ray-address; softq.rl.cluster)")
+                        "cluster at --ray-address; softq.rl.experiments.cluster)")
     t.add_argument("--ray-address", default="auto",
                    help="ray.init(address=...): auto (the running cluster), ray://host:10001, or local (a cluster in "
                         "this process)")
@@ -138,7 +138,7 @@ def _parser(algo: str = "a2c", preset: str | None = None) -> argparse.ArgumentPa
     i = sub.add_parser("inspect", help="what an A2C run's RMSProp state says about its gradients (gradients.json)",
                        description="For each run folder, read checkpoint.pt and write gradients.json beside it: per "
                                    "parameter tensor, the RMS of recent gradients, the silent weights and dead units, "
-                                   "and torch's step over TensorFlow's (softq.rl.optim.gradient_report).")
+                                   "and torch's step over TensorFlow's (softq.rl.parts.optim.gradient_report).")
     i.add_argument("runs", nargs="+", type=Path, help="run folders (results/<experiment>/<rule>/seed<k>)")
     b = sub.add_parser("bench", help="env and training throughput (results/bench/<tag>.json)")
     b.add_argument("--game", default="pong")
@@ -163,8 +163,8 @@ def _inspect(args, parser) -> int:
     """``inspect``: write ``gradients.json`` into each run folder from its checkpoint."""
     import json
 
-    from softq.rl.folder import RunFolder
-    from softq.rl.optim import checkpoint_gradient_report
+    from softq.rl.diagnostics.inspect import checkpoint_gradient_report
+    from softq.rl.experiments.folder import RunFolder
 
     for run in args.runs:
         ckpt = RunFolder(run).checkpoint_path
@@ -194,7 +194,7 @@ def _bench(args, parser) -> int:
         parser.error(f"argument --dqn-num-envs: every number must be >= 1, got {args.dqn_num_envs}")
     try:
         if args.side_by_side is not None:
-            from softq.rl.bench import save_side_by_side, side_by_side
+            from softq.rl.diagnostics.bench import save_side_by_side, side_by_side
 
             if not args.side_by_side.is_dir():
                 parser.error(f"argument --side-by-side: {args.side_by_side} is not a directory (a checkout of the "
@@ -204,7 +204,7 @@ def _bench(args, parser) -> int:
                                   num_envs=args.num_envs, dqn_num_envs=args.dqn_num_envs[0], what=what)
             save_side_by_side(record, args.out, args.tag)
             return 0
-        from softq.rl.bench import run_bench
+        from softq.rl.diagnostics.bench import run_bench
 
         run_bench(game=args.game, num_envs=args.num_envs, threads=args.threads, seconds=args.seconds,
                   device=args.device, tag=args.tag, out_dir=args.out, what=args.what, dqn_num_envs=args.dqn_num_envs)
@@ -226,10 +226,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "inspect":
         return _inspect(args, parser)
 
-    from softq.rl.agent import NonFiniteLoss
-    from softq.rl.folder import RunFolder
-    from softq.rl.grid import expand
-    from softq.rl.runs import RunBusy, launch, outcome, run_dir, shown, train
+    from softq.rl.agents.base import NonFiniteLoss
+    from softq.rl.experiments.folder import RunFolder
+    from softq.rl.experiments.grid import expand
+    from softq.rl.experiments.launch import launch
+    from softq.rl.experiments.loop import RunBusy, outcome, run_dir, shown, train
 
     cls = config_class(args.algo)
     envs = args.envs or [args.env]
@@ -278,14 +279,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("two runs would share a folder (a seed or variant given twice?): "
                      + ", ".join(sorted({str(o) for o in outs if outs.count(o) > 1})))
     if args.fill:
-        from softq.rl.grid import describe, fill, plan
+        from softq.rl.experiments.grid import describe, fill, plan
 
         try:
             planned = plan(list(zip(cfgs, outs, strict=True)))
         except ValueError as e:
             parser.error(str(e))
         if args.algo == "a2c":
-            from softq.rl.a2c import paper_protocol_differences
+            from softq.rl.agents.a2c import paper_protocol_differences
 
             kinds = {tuple(paper_protocol_differences(c)) for c in cfgs}
             for diff in sorted(kinds):
@@ -293,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
                                       else "the paper's A2C (Section 6.1), 320M frames a run"), file=sys.stderr)
         print(describe(planned), file=sys.stderr)
         if args.bench is not None:
-            from softq.rl.cluster import describe_estimate, estimate
+            from softq.rl.experiments.cluster import describe_estimate, estimate
 
             try:
                 est = estimate(planned, args.bench, concurrent=args.concurrent, gpus=args.gpus_per_run)
@@ -303,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.dry_run:
             return 0
         if args.launcher == "ray":
-            from softq.rl.cluster import fill_ray
+            from softq.rl.experiments.cluster import fill_ray
 
             try:
                 failed = fill_ray(planned, address=args.ray_address, cpus=args.cpus_per_run, gpus=args.gpus_per_run)

@@ -10,7 +10,8 @@ writes, of its lock and of clearing a partial run.
 ``lock``           held (``flock``) by the process training the run
 =================  =================================================================================================
 
-Everything that reads or writes a run folder (:mod:`softq.rl.runs`, :mod:`softq.rl.grid`, :mod:`softq.rl.cluster`,
+Everything that reads or writes a run folder (:mod:`softq.rl.experiments.loop`, :mod:`softq.rl.experiments.grid`,
+:mod:`softq.rl.experiments.cluster`,
 the command line, :mod:`softq.book.plots`) goes through :class:`RunFolder`.
 """
 
@@ -30,9 +31,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from softq.regularized import Backup, as_backup
-
-__all__ = ["variant_name", "RunFolder", "RunBusy", "TIMING_COLUMNS", "atomic_write_bytes", "load_checkpoint",
+__all__ = ["RunFolder", "RunBusy", "TIMING_COLUMNS", "atomic_write_bytes", "load_checkpoint",
            "read_log", "computed_rows", "read_runs", "has_runs", "run_record", "run_records"]
 
 
@@ -67,7 +66,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise ValueError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e}). Move it away to restart "
                          "the run from its beginning, or restore a good copy to resume it") from None
     if not isinstance(state, dict) or not {"config", "agent", "log_bytes"} <= set(state):
-        raise ValueError(f"{path}: not a checkpoint of softq.rl.runs (no config, agent or log_bytes in it)")
+        raise ValueError(f"{path}: not a checkpoint of softq.rl.experiments.loop (no config, agent or log_bytes in it)")
     return state
 
 
@@ -127,13 +126,13 @@ class RunFolder:
 
     def record(self) -> dict[str, Any]:
         """``config.json`` with ``status.json`` under ``"status"``: what a caption says about the run. The config's
-        fields carry today's names (:meth:`softq.rl.agent.RunConfig.upgrade`: a run recorded before a rename)."""
+        fields carry today's names (:meth:`softq.rl.agents.base.RunConfig.upgrade`: a run recorded before a rename)."""
         saved = self.config()
         if saved is None:
             raise ValueError(f"{self.path}: no {self.CONFIG}")
         cfg = saved.get("config")
         if isinstance(cfg, dict):
-            from softq.rl.agent import algorithm
+            from softq.rl.agents.base import algorithm
 
             with contextlib.suppress(ValueError):
                 saved = {**saved, "config": algorithm(cfg.get("algo", "a2c")).config.upgrade(cfg)}
@@ -269,15 +268,6 @@ def has_runs(experiment: str | Path, rules) -> bool:
     return Path(experiment).is_dir() and all(read_runs(experiment, r) for r in rules)
 
 
-def variant_name(backup: str, tau: float, n_step: int) -> str:
-    """A DQN variant's name in the results layout and in every figure (``softq.rl.dqn.Config.rule``): the backup, its
-    temperature unless it is ``hard``, and the lookahead unless it is 1: ``hard``, ``soft_ent_tau0.1``,
-    ``soft_kl_tau0.01_n5``, ``hard_n5``."""
-    backup = as_backup(backup)
-    name = backup.value if backup == Backup.HARD else f"{backup.value}_tau{tau:g}"
-    return name if n_step == 1 else f"{name}_n{n_step}"
-
-
 def run_record(run: str | Path) -> dict:
     """``{"config", "versions", "machine", ..., "status"}`` of one run folder: its ``config.json`` and, as
     ``status``, its ``status.json`` (empty if absent)."""
@@ -286,7 +276,7 @@ def run_record(run: str | Path) -> dict:
 
 def run_records(experiment: str | Path, rules) -> dict[tuple[str, int], dict]:
     """``{(rule, seed): run_record}`` (:func:`run_record`) of every run folder of ``experiment`` with a
-    ``config.json`` (:mod:`softq.rl.runs`' layout)."""
+    ``config.json`` (:mod:`softq.rl.experiments.loop`' layout)."""
     out = {}
     for rule in rules:
         for d in sorted(Path(experiment, rule).glob("seed*")):

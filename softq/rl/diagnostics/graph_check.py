@@ -1,6 +1,6 @@
 """Does DQN's CUDA-graph update compute what its eager update computes? One measurement, for ``make bench``.
 
-On CUDA, :class:`softq.rl.dqn.DQN` captures its whole gradient step (replay sampling, stacks, target, loss,
+On CUDA, :class:`softq.rl.agents.dqn.DQN` captures its whole gradient step (replay sampling, stacks, target, loss,
 backward, Adam) in a CUDA graph and replays it. A captured graph freezes everything Python decided at capture time,
 so a mistake there (a Python number baked in where a device value should be read, a buffer reallocated instead of
 written in place) goes unnoticed by a loss that still falls. :func:`compare_update_paths` rules that out directly:
@@ -12,7 +12,7 @@ written in place) goes unnoticed by a loss that still falls. :func:`compare_upda
    updates, as in training), makes one gradient step, and picks greedy actions for that step's observations (the
    acting path, itself a graph on CUDA); every ``target_every`` steps it copies its online network into its target
    network. All paths use the **same replay draws**: the uniforms behind each batch are fixed in advance and fed
-   through :attr:`DQN.sample_u` (:meth:`softq.rl.replay.FrameReplay.sample`'s ``u``), so they train on the same
+   through :attr:`DQN.sample_u` (:meth:`softq.rl.parts.replay.FrameReplay.sample`'s ``u``), so they train on the same
    batches;
 3. each mode's loss trace, greedy actions and final weights are compared with the first mode's.
 
@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from softq.rl import dqn
+from softq.rl.agents import dqn
 
 __all__ = ["compare_update_paths"]
 

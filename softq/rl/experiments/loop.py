@@ -1,4 +1,4 @@
-"""Runs: logs, checkpoints, resume, and several (rule, seed) runs in one command.
+"""The training loop of one run: its logs, atomic checkpoints and resume (several runs at once: :mod:`.launch`).
 
 Layout (what plotting code reads)::
 
@@ -13,9 +13,11 @@ Layout (what plotting code reads)::
         status.json      "running" | "paused" (time limit / signal: continue with --resume) | "done" | "failed"
 
 ``<experiment>`` defaults to ``<algo>-<env>``; ``<rule>`` is A2C's rule or DQN's variant (``hard``,
-``soft_ent_tau0.1_n5``, ...: :attr:`softq.rl.dqn.Config.rule`). A DQN run logs the columns of
-:data:`softq.rl.dqn.COLUMNS` (its ``updates`` are vector steps) and records in each "starts" entry whether its replay
-was restored (``replay_restored``; see :mod:`softq.rl.dqn`: an Atari-sized replay is not saved, resume refills it).
+``soft_ent_tau0.1_n5``, ...: :attr:`softq.rl.agents.dqn.Config.rule`). A DQN run logs the columns of
+:data:`softq.rl.agents.dqn.COLUMNS` (its ``updates`` are vector steps) and records in each "starts" entry whether its
+replay
+was restored (``replay_restored``; see :mod:`softq.rl.agents.dqn`: an Atari-sized replay is not saved, resume refills
+it).
 A run that stops early loses at most its last checkpoint interval (``checkpoint_minutes``, default 5).
 
 Resume. ``--resume`` loads ``checkpoint.pt``, truncates ``progress.csv`` to the rows written before it, and goes on.
@@ -35,37 +37,29 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import dataclasses
-import io
 import math
-import os
-import platform
 import signal
-import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from softq import config as softq_config
-from softq.rl.agent import ALGORITHMS, NonFiniteLoss, algorithm, auto_torch_threads, make_agent
-from softq.rl.envs import protocol
-from softq.rl.folder import RunBusy, RunFolder, load_checkpoint
+from softq.rl.agents.base import ALGORITHMS, NonFiniteLoss, algorithm, make_agent
+from softq.rl.experiments.folder import RunBusy, RunFolder, load_checkpoint
+from softq.rl.experiments.provenance import machine, versions
+from softq.rl.parts.envs import protocol
 
 __all__ = ["RUN_CONTROL", "RunBusy", "load_checkpoint", "config_diff", "run_dir", "shown", "outcome",
-           "versions", "machine", "config_class", "make_agent", "train", "launch", "train_many", "core_slots",
-           "split_threads"]
+           "config_class", "make_agent", "train", "cli_args"]
 
 #: Config fields that may change on --resume (they do not change what is computed), of every algorithm: those
-#: declared ``control=True`` (:meth:`softq.rl.agent.RunConfig.control_fields`).
+#: declared ``control=True`` (:meth:`softq.rl.agents.base.RunConfig.control_fields`).
 RUN_CONTROL = tuple(dict.fromkeys(name for a in ALGORITHMS.values() for name in a.config.control_fields()))
 
 
 def config_class(algo: str):
-    """The Config class of ``algo`` (:data:`softq.rl.agent.ALGORITHMS`)."""
+    """The Config class of ``algo`` (:data:`softq.rl.agents.base.ALGORITHMS`)."""
     return algorithm(algo).config
 
 
@@ -81,47 +75,6 @@ def config_diff(saved: dict[str, Any], cfg) -> dict[str, tuple[Any, Any]]:
 def run_dir(results: str | Path, experiment: str, rule: str, seed: int) -> Path:
     """``results/<experiment>/<rule>/seed<k>``: the one layout of runs."""
     return Path(results) / experiment / rule / f"seed{seed}"
-
-
-def versions() -> dict[str, str]:
-    """Versions of what produced a result: python, torch, gymnasium, ale-py, numpy, softq and its git commit."""
-    import ale_py
-    import gymnasium
-    import numpy
-
-    import softq
-
-    return {"python": platform.python_version(), "torch": torch.__version__, "gymnasium": gymnasium.__version__,
-            "ale_py": ale_py.__version__, "numpy": numpy.__version__, "softq": softq.__version__,
-            "softq_commit": _git_commit()}
-
-
-def _git_commit() -> str | None:
-    """The commit of the softq checkout that runs (``+dirty`` when softq/ has uncommitted changes), or None."""
-    root = Path(__file__).resolve().parents[2]
-    try:
-        head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"], capture_output=True,
-                              text=True, timeout=10)
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--", "softq"],
-                               capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    if head.returncode != 0:
-        return None
-    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
-
-
-def machine() -> dict[str, Any]:
-    """The machine: host, OS, CPU model and cores, GPU (if any)."""
-    cpu = platform.processor() or ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
-    except OSError:
-        pass
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {"hostname": socket.gethostname(), "platform": platform.platform(), "cpu": cpu,
-            "cores": os.cpu_count(), "gpu": gpu}
 
 
 def shown(path: str | Path) -> str:
@@ -351,106 +304,13 @@ def _command(cfg, out: Path, resume: bool) -> str:
 
     if sys.argv and Path(sys.argv[0]).name == "__main__.py" and Path(sys.argv[0]).parent.name == "rl":
         return "python -m softq.rl " + shlex.join(sys.argv[1:])
-    args = ["train", *_cli_args(cfg), "--out", shown(out)] + (["--resume"] if resume else [])
+    args = ["train", *cli_args(cfg), "--out", shown(out)] + (["--resume"] if resume else [])
     return "python -m softq.rl " + shlex.join(args)
 
 
-def _cli_args(cfg) -> list[str]:
+def cli_args(cfg) -> list[str]:
+    """``cfg`` as ``python -m softq.rl train`` options: ``--field value`` for every field."""
     args = []
     for k, v in cfg.as_dict().items():
         args += [f"--{k.replace('_', '-')}", str(v)]
     return args
-
-
-def launch(cfgs: list[tuple[Any, Path]], *, resume: bool | list[bool], parallel: int = 1,
-           progress: bool = True) -> int:
-    """Run several (config, out) pairs: one after another in this process (``parallel=1``), or as up to
-    ``parallel`` concurrent ``python -m softq.rl train`` subprocesses, each pinned to its own cores.
-    ``resume``: for every run, or one flag per run. Returns the number of failed runs (a failure is reported and
-    the other runs go on)."""
-    resumes = list(resume) if isinstance(resume, list | tuple) else [bool(resume)] * len(cfgs)
-    if len(resumes) != len(cfgs):
-        raise ValueError(f"resume: {len(resumes)} flags for {len(cfgs)} runs")
-    failed = 0
-    if parallel <= 1:
-        for (cfg, out), res in zip(cfgs, resumes, strict=True):
-            try:
-                train(cfg, out, resume=res, progress=progress)
-            except (NonFiniteLoss, RunBusy, FileExistsError, ValueError) as e:
-                print(f"[{shown(out)}] FAILED: {e}", file=sys.stderr)
-                failed += 1
-        return failed
-    slots = core_slots(parallel)
-    pending, running = [(cfg, out, res) for (cfg, out), res in zip(cfgs, resumes, strict=True)], []
-    while pending or running:
-        while pending and len(running) < parallel:
-            cfg, out, res = pending.pop(0)
-            free = [k for k in range(parallel) if k not in {slot for _, _, slot in running}][0]
-            cores = slots[free]
-            cfg = split_threads(cfg, len(cores))
-            cmd = [sys.executable, "-m", "softq.rl", "train", *_cli_args(cfg), "--out", str(out), "--no-progress"]
-            if res:
-                cmd.append("--resume")
-            print(f"[{shown(out)}] started on cores {cores}", file=sys.stderr)
-            pin = (lambda c=cores: os.sched_setaffinity(0, c)) if hasattr(os, "sched_setaffinity") else None
-            running.append((subprocess.Popen(cmd, preexec_fn=pin), out, free))
-        time.sleep(0.5)
-        for proc, out, slot in list(running):
-            if proc.poll() is not None:
-                running.remove((proc, out, slot))
-                failed += proc.returncode != 0
-                print(f"[{shown(out)}] finished with exit code {proc.returncode}", file=sys.stderr)
-    return failed
-
-
-def train_many(runs: list[tuple[Any, Path]], *, parallel: int | None = None) -> list[dict[str, Any]]:
-    """Train fresh (config, out) runs concurrently, each as its own ``python -m softq.rl train`` pinned to its own
-    cores (:func:`launch`), and return each run's final status (its ``status.json``), in the order given.
-
-    ``parallel``: how many at once; by default one per core of this process, at most one per run. A run's result
-    does not depend on ``parallel`` when its thread counts are explicit (the chapters' runs set ``torch_threads=1``).
-    Raises ``RuntimeError`` naming every run that did not finish, with its error. ``launch``'s start/finish lines are
-    kept out of the caller's output (a notebook's)."""
-    if not runs:
-        raise ValueError("runs: no (config, out) pairs given")
-    if parallel is None:
-        parallel = min(len(core_slots(1)[0]), len(runs))  # core_slots(1): every core of this process
-    messages = io.StringIO()
-    with contextlib.redirect_stderr(messages):
-        launch(runs, resume=False, parallel=parallel, progress=False)
-    statuses, failed = [], []
-    for _, out in runs:
-        status = RunFolder(out).status() or {"status": "never started"}
-        statuses.append(status)
-        if status.get("status") != "done":
-            failed.append(f"{shown(out)}: {status.get('status')} {status.get('error', '')}".rstrip())
-    if failed:
-        raise RuntimeError(f"{len(failed)} of {len(runs)} runs did not finish:\n  " + "\n  ".join(failed)
-                           + "\n" + messages.getvalue())
-    return statuses
-
-
-def core_slots(parallel: int) -> list[list[int]]:
-    """The cores of each of ``parallel`` concurrent runs: this process's cores split into disjoint groups.
-
-    With fewer cores than runs, groups share cores round-robin (one core each)."""
-    if isinstance(parallel, bool) or not isinstance(parallel, int) or parallel < 1:
-        raise ValueError(f"parallel must be an int >= 1, got {parallel!r}")
-    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
-    if len(cores) < parallel:
-        return [[cores[k % len(cores)]] for k in range(parallel)]
-    per = len(cores) // parallel
-    return [cores[k * per:(k + 1) * per] for k in range(parallel)]
-
-
-def split_threads(cfg, cores: int):
-    """``cfg`` with its automatic thread counts (0) set for a run that has ``cores`` cores of its own: every core
-    for the emulators, and the torch threads :func:`softq.rl.a2c.auto_torch_threads` would pick on such a machine
-    (so ``--parallel k`` does not start k times the machine's threads). Explicit counts are kept."""
-    changes = {}
-    if cfg.env_threads == 0:
-        changes["env_threads"] = min(cores, cfg.num_envs)
-    if cfg.torch_threads == 0:
-        changes["torch_threads"] = auto_torch_threads(cfg.env, softq_config.device(
-            None if cfg.device == "auto" else cfg.device), cores=cores)
-    return dataclasses.replace(cfg, **changes) if changes else cfg

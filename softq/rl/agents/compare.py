@@ -1,6 +1,7 @@
 """The update rules of Sections 6.1 and 6.3 compared on the same batch: gradients of the losses the agents minimize.
 
-Every gradient here is autograd of :func:`softq.rl.a2c.a2c_loss` (or :func:`softq.rl.a2c.dueling_soft_q_loss`) on
+Every gradient here is autograd of :func:`softq.rl.agents.a2c.a2c_loss` (or
+:func:`softq.rl.agents.a2c.dueling_soft_q_loss`) on
 one rollout, ``T = num_steps`` steps of ``B = num_envs`` environments (:class:`Batch`). Three levels:
 
 - **head gradients** (:func:`head_gradients`): the derivative of the loss with respect to the network's two heads,
@@ -15,7 +16,8 @@ one rollout, ``T = num_steps`` steps of ``B = num_envs`` environments (:class:`B
 
 :func:`compare_rules` puts the rules side by side on one batch (cosine, norm ratio, and the expected-gradient
 residual); :func:`agreement_row` does it on the batch a training agent is about to update on, without changing the run
-(no random numbers are drawn, no ``.grad`` is touched): :func:`softq.rl.runs.train` with ``agreement_every=k`` writes
+(no random numbers are drawn, no ``.grad`` is touched): :func:`softq.rl.experiments.loop.train` with
+``agreement_every=k`` writes
 one row before every ``k``-th update to ``agreement.csv``, which :func:`read_agreement` reads.
 Chapter 6 (eqs 79-80) and chapter 8 (eqs 84-86) are built on these functions.
 """
@@ -33,7 +35,7 @@ import torch
 from torch.func import functional_call, vjp, vmap
 
 from softq import regularized
-from softq.rl.a2c import A2C, RULES, a2c_loss, dueling_soft_q_loss
+from softq.rl.agents.a2c import A2C, RULES, a2c_loss, dueling_soft_q_loss
 
 __all__ = [
     "Batch", "LossFn", "rule_loss", "scaled_soft_q_loss", "network_outputs", "head_gradients", "parameter_gradient",
@@ -47,7 +49,7 @@ LossFn = Callable[..., torch.Tensor]
 
 @dataclass(frozen=True)
 class Batch:
-    """One rollout as :meth:`softq.rl.a2c.A2C.update` sees it.
+    """One rollout as :meth:`softq.rl.agents.a2c.A2C.update` sees it.
 
     ``obs: [T+1, B, *obs_shape]`` (row ``T`` is ``s_T``); ``actions: [T, B]`` long; ``rewards: [T, B]``;
     ``terminal, reset: [T, B]`` bool (``reset`` marks autoreset steps, which are not transitions).
@@ -69,7 +71,7 @@ class Batch:
 
     @classmethod
     def from_agent(cls, agent: A2C) -> Batch:
-        """A copy of the agent's buffers: the rollout of its last :meth:`~softq.rl.a2c.A2C.collect`."""
+        """A copy of the agent's buffers: the rollout of its last :meth:`~softq.rl.agents.a2c.A2C.collect`."""
         dev = agent.device
         return cls(agent.buf_obs.clone(), agent.buf_actions.clone(), agent.buf_rewards.to(dev).clone(),
                    agent.buf_terminal.to(dev).clone(), agent.buf_reset.to(dev).clone())
@@ -276,7 +278,7 @@ AGREEMENT_COLUMNS = ("frames", "updates", "cosine", "norm_ratio", "expected_cosi
 
 def agreement_row(agent: A2C) -> dict[str, float]:
     """:func:`compare_rules` (``proper`` vs ``soft_q``, at the agent's gamma, tau, value coefficient and penalty)
-    on the rollout of the agent's last :meth:`~softq.rl.a2c.A2C.collect`, before its update, as a row of
+    on the rollout of the agent's last :meth:`~softq.rl.agents.a2c.A2C.collect`, before its update, as a row of
     :data:`AGREEMENT_COLUMNS`. Draws no random numbers and leaves ``.grad`` alone: the run is not changed."""
     cfg = agent.cfg
     r = compare_rules(agent.net, Batch.from_agent(agent), cfg.gamma, cfg.tau, cfg.value_coef, penalty=cfg.penalty)
@@ -293,7 +295,8 @@ def agreement_cells(row: dict[str, float]) -> list[str]:
 
 @dataclass(frozen=True)
 class AgreementHook:
-    """A2C's measurement hook (:class:`softq.rl.agent.Hook`): :func:`agreement_row` before every ``every``-th update,
+    """A2C's measurement hook (:class:`softq.rl.agents.base.Hook`): :func:`agreement_row` before every ``every``-th
+    update,
     into ``agreement.csv``."""
 
     every: int

@@ -36,9 +36,10 @@ classic control uses its run's length by default, having no paper budget). Diffe
 environments step together (default 8; CleanRL uses 1); each vector step adds ``num_envs`` transitions and, after
 learning starts, does ``num_envs / train_frequency`` gradient steps, so the replay ratio (one batch of 32 per 4
 env steps) and every schedule in env steps are CleanRL's. The trunk is initialized orthogonally
-(:mod:`softq.rl.nets`). Life loss is terminal for learning; scores are full games, unclipped (:mod:`softq.rl.envs`).
+(:mod:`softq.rl.parts.nets`). Life loss is terminal for learning; scores are full games, unclipped
+(:mod:`softq.rl.parts.envs`).
 
-Replay (:mod:`softq.rl.replay`): each frame stored once on the training device, sampled by index arithmetic in
+Replay (:mod:`softq.rl.parts.replay`): each frame stored once on the training device, sampled by index arithmetic in
 torch. On CUDA (``cuda_graph=auto``) the whole gradient step -- sampling, stack rebuilding, target, loss, backward,
 Adam -- and the acting forward pass are captured in CUDA graphs and replayed, so Python launches two graphs per
 vector step; on CPU the same code runs eagerly (the flag is then ignored, and recorded as such). A non-finite
@@ -51,7 +52,8 @@ pass over the 1.7M weights). ``precision="bf16"`` (an option; default fp32) runs
 backward under bf16 autocast (:meth:`DQN.q_values`; the 3136 -> 512 layer, the head, targets, loss and Adam stay
 float32).
 
-Checkpoints (:mod:`softq.rl.runs`). A replay of at most ``checkpoint_replay_mb`` MiB (classic control) is saved in
+Checkpoints (:mod:`softq.rl.experiments.loop`). A replay of at most ``checkpoint_replay_mb`` MiB (classic control) is
+saved in
 the checkpoint together with the environments, so a CPU run resumes bit for bit. A larger one (Atari: 7 GB per 1M
 transitions; ale-py's emulators cannot be saved either) is **not** saved: resume starts fresh games with an empty
 replay, collects ``learning_starts`` new steps with the current network and epsilon before training again, and
@@ -71,7 +73,7 @@ import torch.nn.functional as F
 
 from softq import config as softq_config
 from softq import losses, regularized
-from softq.rl.agent import (
+from softq.rl.agents.base import (
     CONTROL,
     MAX_ENVS,
     MAX_FRAMES,
@@ -82,11 +84,11 @@ from softq.rl.agent import (
     auto_torch_threads,
     option,
     restore_generator,
+    variant_name,
 )
-from softq.rl.envs import CLASSIC_ENVS, VecEnv, make_env
-from softq.rl.folder import variant_name
-from softq.rl.nets import make_q_net
-from softq.rl.replay import FrameReplay
+from softq.rl.parts.envs import CLASSIC_ENVS, VecEnv, make_env
+from softq.rl.parts.nets import make_q_net
+from softq.rl.parts.replay import FrameReplay
 
 __all__ = ["BACKUPS", "PRECISIONS", "ATARI_SCHEDULE_FRAMES", "PONG_CPU", "PRESETS", "COLUMNS", "Config", "DQN",
            "dqn_loss", "bootstrap_index"]
@@ -124,14 +126,15 @@ COLUMNS = ("frames", "updates", "grad_steps", "episodes", "score_mean100", "scor
 
 @dataclass
 class Config(RunConfig):
-    """Every setting of a DQN run: the fields every algorithm has (:class:`softq.rl.agent.RunConfig`) and DQN's own.
+    """Every setting of a DQN run: the fields every algorithm has (:class:`softq.rl.agents.base.RunConfig`) and DQN's
+    own.
     Defaults: CleanRL's dqn_atari (module docstring). Bad values raise ValueError naming the field."""
 
     ALGO: ClassVar[str] = "dqn"
     #: ``config.json``'s older names of fields: ``target`` (until the backup got one name) is ``backup``.
     RENAMED: ClassVar[dict[str, str]] = {"target": "backup"}
 
-    algo: str = option("dqn", "the algorithm: dqn (this Config) | a2c (softq.rl.a2c.Config)", group=RUN)
+    algo: str = option("dqn", "the algorithm: dqn (this Config) | a2c (softq.rl.agents.a2c.Config)", group=RUN)
     log_every: int = option(1000, "how often progress.csv gets a row", unit="vector steps", low=1, group=CONTROL)
     checkpoint_every: int = option(0, "vector steps between checkpoints (0: off); for tests", unit="vector steps",
                                    low=0, control=True, group=CONTROL)
@@ -391,11 +394,12 @@ class DQN:
     # --- learning -------------------------------------------------------------------------------------------
 
     def target(self, batch) -> torch.Tensor:
-        """The fixed targets ``y [N]`` of a :class:`softq.rl.replay.Batch` (:meth:`target_and_bootstrap_q`)."""
+        """The fixed targets ``y [N]`` of a :class:`softq.rl.parts.replay.Batch` (:meth:`target_and_bootstrap_q`)."""
         return self.target_and_bootstrap_q(batch)[0]
 
     def target_and_bootstrap_q(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(y [N], q_boot [N, A])``: the fixed targets of a :class:`softq.rl.replay.Batch`, eqs (81)-(83), n-step
+        """``(y [N], q_boot [N, A])``: the fixed targets of a :class:`softq.rl.parts.replay.Batch`, eqs (81)-(83),
+        n-step
         eq (46), from the target network (:func:`softq.regularized.q_learning_target`), and the target network's
         ``Qbar(s', .)`` at the next state each target bootstraps from (:func:`bootstrap_index`; a diagnostic: its
         rows after a terminal step enter no target). Call under ``torch.no_grad()``.
@@ -515,7 +519,7 @@ class DQN:
         return []
 
     def assert_finite(self) -> None:
-        """Raise :class:`softq.rl.a2c.NonFiniteLoss` if a gradient step so far had a non-finite loss or gradient
+        """Raise :class:`softq.rl.agents.a2c.NonFiniteLoss` if a gradient step so far had a non-finite loss or gradient
         norm, or a weight of the online or target network is non-finite.
 
         One read of the device (on CUDA a host-device sync, which :meth:`step` makes only at log rows):
@@ -583,7 +587,7 @@ class DQN:
         if envs_restored:
             self.obs = state["obs"]
         else:
-            # fresh games on seeds no earlier start of this run (nor any other run) used: softq.rl.envs.env_seeds
+            # fresh games on seeds no earlier start of this run (nor any other run) used: softq.rl.parts.envs.env_seeds
             self.obs = self.env.reset(seed=self.cfg.seed, start=state["env"].get("start", 0) + 1)
         replay_restored = envs_restored and state["replay"] is not None
         if replay_restored:

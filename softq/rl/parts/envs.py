@@ -57,7 +57,7 @@ preprocessed_env.cpp``, and measured in ``tests/test_rl_envs.py``) and what the 
   done, a lost life included. The adapter zeroes, in the ``obs`` of a reset step and the next two, the frames older
   than that reset step's: frames 0..2 of its ``obs``, then 0..1, then 0 (in place, in the fresh array that ale-py
   returns each step). That is exactly what ale-py itself shows at a game start (three zero frames and the first),
-  so every learning episode starts like a game. The replay (:class:`softq.rl.replay.FrameReplay`) rebuilds it: the
+  so every learning episode starts like a game. The replay (:class:`softq.rl.parts.replay.FrameReplay`) rebuilds it: the
   row after a reset row is a ``first`` row, and frames before the newest ``first`` row are zeroed. (Baselines' DQN
   ``FrameStack`` repeats the first frame instead of zeros.)
 - Starts (ale-py's ``PreprocessedEnv::reset``, ``noop_max=30``): ``reset_game``, then in games with FIRE one FIRE
@@ -346,7 +346,8 @@ class VecEnv:
         """The adapter's bookkeeping, plus the pickled environments when ``restorable`` (classic control).
 
         For Atari the emulators' states are *not* saved: :meth:`load_state_dict` then cannot restore the games in
-        progress, and the caller resets the env (the partial games are lost; see :mod:`softq.rl.runs`) with the
+        progress, and the caller resets the env (the partial games are lost; see :mod:`softq.rl.experiments.loop`) with
+        the
         next start: ``env.reset(seed, start=state["start"] + 1)``.
         """
         state = {"after_end": self._after_end.copy(), "force": self._force.copy(), "since": self._since.copy(),

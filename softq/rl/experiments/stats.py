@@ -76,7 +76,7 @@ def final_scores(experiment: str | Path, rules, *, frames: float | None = None, 
     """``{rule: {seed: y at frames}}`` from the runs of ``experiment`` (:func:`softq.book.plots.read_runs`). ``frames``:
     a point every run has logged; default the last point common to every run of every rule
     (:func:`common_end`). A run without a row at ``frames`` raises ValueError naming it."""
-    from softq.rl.folder import read_runs
+    from softq.rl.experiments.folder import read_runs
 
     runs = {rule: read_runs(experiment, rule, y=y) for rule in rules}
     empty = [r for r, v in runs.items() if not v]
@@ -98,7 +98,7 @@ def final_scores(experiment: str | Path, rules, *, frames: float | None = None, 
 
 def common_end(experiment: str | Path, rules) -> float:
     """The last frame count that every run of every rule in ``experiment`` has logged."""
-    from softq.rl.folder import read_runs
+    from softq.rl.experiments.folder import read_runs
 
     ends = [float(xs[-1]) for r in rules for xs, _ in read_runs(experiment, r).values()]
     if not ends:

@@ -13,7 +13,8 @@ A stacked observation is rebuilt at sample time from the rows ``k-3..k``; frames
 ``first`` row are **zeroed**, exactly what ale-py's ``AtariVectorEnv`` shows at a reset (its stack starts as three
 zero frames and the first frame), so the rebuilt stack equals the one the agent acted on (``tests/test_rl_dqn.py``).
 The ``first`` rows are those after a ``reset`` row: an autoreset step after a game over and, under the Atari protocol
-of :mod:`softq.rl.envs`, the forced step after a lost life (its observation starts a new stack, zero-padded, like a
+of :mod:`softq.rl.parts.envs`, the forced step after a lost life (its observation starts a new stack, zero-padded, like
+a
 game's). The lost life itself is a ``terminal`` for learning, where every n-step sum stops
 (:func:`softq.regularized.q_learning_target`).
 
@@ -153,7 +154,7 @@ class FrameReplay:
 
     def add(self, actions, rewards, terminal, truncated, reset, next_obs) -> None:
         """Record one vector step from ``x_T``: ``actions, rewards, terminal, truncated, reset: [B]``, and the
-        observation after it, ``next_obs [B, *obs_shape]`` (see :class:`softq.rl.envs.StepOut`).
+        observation after it, ``next_obs [B, *obs_shape]`` (see :class:`softq.rl.parts.envs.StepOut`).
 
         Each value goes from the host staging buffers straight into its row of the ring (five copies, asynchronous
         on CUDA; no device temporaries, no kernels)."""
@@ -223,7 +224,8 @@ class FrameReplay:
         Needs ``len(self) > 0``; it is not checked here (a check would read the device): the agent only samples
         after ``learning_starts`` steps. ``generator=None`` uses torch's default one (CUDA-graph safe). ``u``, if
         given, replaces the random draws: ``2 * batch`` uniforms in [0, 1), float64, on the device (the same ``u``
-        gives the same batch; :mod:`softq.rl.graph_check` uses it to feed two update paths the same batches).
+        gives the same batch; :mod:`softq.rl.diagnostics.graph_check` uses it to feed two update paths the same
+        batches).
         """
         n, s, cand = self.n_step, self.stack, 2 * batch
         if u is None:

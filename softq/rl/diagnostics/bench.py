@@ -9,13 +9,13 @@ In one run, on one game with one number of environments and threads, four agent-
   (one process per environment), random actions.
 - ``a2c_gymnasium``: the same A2C on that env.
 
-and, for DQN (``--what dqn``; :mod:`softq.rl.dqn`), training env steps per second at the paper's replay ratio
+and, for DQN (``--what dqn``; :mod:`softq.rl.agents.dqn`), training env steps per second at the paper's replay ratio
 (one batch of 32 per 4 env steps, after learning has started; 1M-transition replay on the training device,
 CUDA graphs where CUDA is), ``dqn_<backup>_n<n>_B<num_envs>``, and the replay alone,
 ``replay_sample_n<n>_batches_per_s`` (batches of 32 n-step windows with their stacked observations). On CUDA
 the 1-step ``hard`` and 5-step ``soft_ent`` figures are measured again with eager updates (``..._eager``), and
 ``--what graph`` checks that the CUDA-graph update computes what the eager one does
-(:mod:`softq.rl.graph_check`; skipped on a CPU), recorded as ``graph_check``. ``--what phases``
+(:mod:`softq.rl.diagnostics.graph_check`; skipped on a CPU), recorded as ``graph_check``. ``--what phases``
 (:func:`a2c_phases`, not in the default set) times an A2C update's phases alone on the CPU and bounds what
 overlapping the emulators with the network could buy, recorded as ``a2c_phases``.
 
@@ -39,12 +39,12 @@ from typing import Any
 import numpy as np
 
 from softq import config as softq_config
-from softq.rl import dqn
-from softq.rl.a2c import A2C, Config
-from softq.rl.agent import MAX_FRAMES
-from softq.rl.envs import make_env
-from softq.rl.graph_check import compare_update_paths
-from softq.rl.runs import machine, versions
+from softq.rl.agents import dqn
+from softq.rl.agents.a2c import A2C, Config
+from softq.rl.agents.base import MAX_FRAMES
+from softq.rl.diagnostics.graph_check import compare_update_paths
+from softq.rl.experiments.provenance import machine, versions
+from softq.rl.parts.envs import make_env
 
 
 def _time_env(env, seconds: float) -> float:
@@ -170,7 +170,8 @@ def _time_replay(cfg: dqn.Config, seconds: float) -> float:
 
 
 def _graph_check(game: str, device: str, threads: int) -> dict[str, Any] | str:
-    """:func:`softq.rl.graph_check.compare_update_paths` for a 1-step ``hard`` and a 5-step ``soft_ent`` DQN."""
+    """:func:`softq.rl.diagnostics.graph_check.compare_update_paths` for a 1-step ``hard`` and a 5-step ``soft_ent``
+    DQN."""
     if softq_config.device(None if device == "auto" else device).type != "cuda":
         return "skipped: needs CUDA (on a CPU every update is eager)"
     checks = {}
@@ -188,13 +189,13 @@ def _graph_check(game: str, device: str, threads: int) -> dict[str, Any] | str:
 
 _MEASURE = """
 import json, sys
-from softq.rl import bench
+from softq.rl.diagnostics import bench
 algo, kwargs, seconds = sys.argv[1], json.loads(sys.argv[2]), float(sys.argv[3])
 if algo == "a2c":
-    from softq.rl.a2c import Config
+    from softq.rl.agents.a2c import Config
     print(json.dumps(bench._time_a2c(Config(**kwargs), seconds)))
 else:
-    from softq.rl.dqn import Config
+    from softq.rl.agents.dqn import Config
     print(json.dumps(bench._time_dqn(Config(**kwargs), seconds)))
 """
 
@@ -219,7 +220,7 @@ def side_by_side(old_root: str | Path, reps: int = 3, seconds: float = 15.0, gam
     figures measured side by side in one run are compared."""
     roots = {"old": Path(old_root).resolve(), "new": Path(__file__).resolve().parents[2]}
     if not (roots["old"] / "softq" / "rl" / "bench.py").exists():
-        raise ValueError(f"old_root must be a checkout of softq (no softq/rl/bench.py under {old_root!r})")
+        raise ValueError(f"old_root must be a checkout of softq (no softq/rl/diagnostics/bench.py under {old_root!r})")
     threads = min(num_envs, softq_config.cores())
     common = {
         "a2c": {"env": game, "rule": "proper", "frames": MAX_FRAMES, "num_envs": num_envs, "env_threads": threads,

@@ -1,16 +1,20 @@
 """The grid on a cluster: each run a Ray task with its resource request, and the plan's cost before it starts.
 
-``python -m softq.rl train ... --fill --launcher ray --ray-address ADDRESS`` runs what :func:`softq.rl.grid.plan`
+``python -m softq.rl train ... --fill --launcher ray --ray-address ADDRESS`` runs what
+:func:`softq.rl.experiments.grid.plan`
 says is missing of a grid on whatever Ray cluster ``ray.init(address=ADDRESS)`` reaches (``local``: a cluster in
 this process, for a try). Each run is one Ray task that asks for ``cpus`` CPUs (its environments and torch threads,
-:func:`softq.rl.runs.split_threads`) and ``gpus`` GPUs (a fraction shares one). The task itself plans its folder
-again when it starts (:func:`softq.rl.grid.plan_run`), so a task that Ray retries after its worker died resumes
+:func:`softq.rl.experiments.launch.split_threads`) and ``gpus`` GPUs (a fraction shares one). The task itself plans its
+folder
+again when it starts (:func:`softq.rl.experiments.grid.plan_run`), so a task that Ray retries after its worker died
+resumes
 from the run's last checkpoint instead of starting over, and a finished run is never trained twice.
 
 Storage: the task writes the usual ``results/<experiment>/<rule>/seed<k>/`` layout at the path the driver gives,
 so the cluster's nodes must share the results folder (NFS, a cluster file system; on one machine, trivially).
 A run that fails (a non-finite loss, a worker lost more often than ``retries``, any error) is reported with its
-error and the others go on; :func:`fill_ray` returns the number of failures, like :func:`softq.rl.grid.fill`.
+error and the others go on; :func:`fill_ray` returns the number of failures, like
+:func:`softq.rl.experiments.grid.fill`.
 
 :func:`estimate` sizes the plan before anything runs: the frames left of every run to do, divided by a throughput
 measured by ``make bench`` on the kind of machine that will train (``results/bench/<machine>.json``), gives its
@@ -27,10 +31,11 @@ from typing import Any
 
 import torch
 
-from softq.rl.agent import read_config
-from softq.rl.folder import RunFolder
-from softq.rl.grid import RUNS, Planned, plan_run
-from softq.rl.runs import shown, split_threads, train
+from softq.rl.agents.base import read_config
+from softq.rl.experiments.folder import RunFolder
+from softq.rl.experiments.grid import RUNS, Planned, plan_run
+from softq.rl.experiments.launch import split_threads
+from softq.rl.experiments.loop import shown, train
 
 __all__ = ["resources", "run_planned", "fill_ray", "Throughput", "throughput", "estimate", "describe_estimate"]
 
@@ -66,7 +71,7 @@ def fill_ray(planned: list[Planned], *, address: str | None = "auto", cpus: int 
     """Run the ``resume``/``start``/``restart`` entries of ``planned`` as Ray tasks on the cluster at ``address``
     (``ray.init(address=...)``; ``"local"`` starts one in this process) and wait for all of them. A task whose worker
     dies is retried up to ``retries`` times, resuming from its checkpoint. Returns the number of failed runs,
-    including those that had failed before (as :func:`softq.rl.grid.fill`)."""
+    including those that had failed before (as :func:`softq.rl.experiments.grid.fill`)."""
     import ray
 
     todo = [p for p in planned if p.action in RUNS]

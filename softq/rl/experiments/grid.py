@@ -12,12 +12,14 @@ anything, what :func:`fill` will do with it:
             that trained it): its logs are replaced by a fresh run, since a run is trained start to end on one machine
 ``failed``  ``status.json`` says ``failed`` (a non-finite loss, a full disk), or its checkpoint cannot be read:
             reported with the reason, not run
-``busy``    another process holds the folder's lock (:func:`softq.rl.runs.train` locks it): left alone
+``busy``    another process holds the folder's lock (:func:`softq.rl.experiments.loop.train` locks it): left alone
 ========== =========================================================================================================
 
 A folder whose ``config.json`` or checkpoint holds *another* config (other than in the run-control fields
-:data:`softq.rl.runs.RUN_CONTROL`) is an error naming the fields: a grid never mixes two configurations under one
-name. :func:`fill` runs the ``resume``, ``start`` and ``restart`` entries with :func:`softq.rl.runs.launch` and
+:data:`softq.rl.experiments.loop.RUN_CONTROL`) is an error naming the fields: a grid never mixes two configurations
+under one
+name. :func:`fill` runs the ``resume``, ``start`` and ``restart`` entries with
+:func:`softq.rl.experiments.launch.launch` and
 returns the number that failed; a failing run does not stop the others.
 """
 
@@ -28,8 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from softq.rl.folder import RunFolder
-from softq.rl.runs import config_diff, launch
+from softq.rl.experiments.folder import RunFolder
+from softq.rl.experiments.launch import launch
+from softq.rl.experiments.loop import config_diff
 
 __all__ = ["ACTIONS", "Planned", "expand", "plan_run", "plan", "describe", "fill"]
 

@@ -21,7 +21,7 @@ value of ``s_T``. The rules differ only in the loss (:func:`a2c_loss`); every fo
   network), acting with ``pi`` (no epsilon schedule). The gradients entering the two streams are rescaled with
   :func:`softq.losses.scale_grad` so that the update matches A2C's: see :func:`a2c_loss`.
 
-Autoreset (see :mod:`softq.rl.envs`): a ``reset[t]`` step is not a transition. It gets weight 0 in every loss, and
+Autoreset (see :mod:`softq.rl.parts.envs`): a ``reset[t]`` step is not a transition. It gets weight 0 in every loss, and
 :func:`reset_placeholders` turns it into a terminal "step" whose return is the value of the observation it starts
 from -- the final observation of the game that just ended -- so that a time-limit cut on step ``t - 1`` (``terminal =
 0``) bootstraps from ``V(s_final)`` and no return ever crosses into the next game.
@@ -39,7 +39,7 @@ import torch
 
 from softq import config as softq_config
 from softq import losses, regularized
-from softq.rl.agent import (
+from softq.rl.agents.base import (
     CONTROL,
     MAX_ENVS,
     MAX_FRAMES,
@@ -50,9 +50,9 @@ from softq.rl.agent import (
     option,
     restore_generator,
 )
-from softq.rl.envs import CLASSIC_ENVS, VecEnv, make_env
-from softq.rl.nets import make_net
-from softq.rl.optim import OPTIMIZERS, make_optimizer
+from softq.rl.parts.envs import CLASSIC_ENVS, VecEnv, make_env
+from softq.rl.parts.nets import make_net
+from softq.rl.parts.optim import OPTIMIZERS, make_optimizer
 
 __all__ = [
     "RULES", "CARTPOLE", "PAPER_FRAMES", "Config", "paper_protocol_differences", "auto_torch_threads",
@@ -76,12 +76,12 @@ CARTPOLE = {"env": "CartPole-v1", "penalty": "kl", "optimizer": "rmsprop_torch",
 
 @dataclass
 class Config(RunConfig):
-    """Every setting of a run: the fields every algorithm has (:class:`softq.rl.agent.RunConfig`) and A2C's own.
+    """Every setting of a run: the fields every algorithm has (:class:`softq.rl.agents.base.RunConfig`) and A2C's own.
     Defaults: the paper's Atari A2C. Bad values raise ValueError naming the field."""
 
     ALGO: ClassVar[str] = "a2c"
 
-    algo: str = option("a2c", "the algorithm: a2c (this Config) | dqn (softq.rl.dqn.Config)", group=RUN)
+    algo: str = option("a2c", "the algorithm: a2c (this Config) | dqn (softq.rl.agents.dqn.Config)", group=RUN)
     rule: str = option("proper", "the update rule: naive (eq 79) | proper (eq 80) | soft_q (Section 6.3)",
                        choices=RULES, group=RUN)
     penalty: str = option("entropy", "entropy: r + tau H (Figure 1's EntRL, Section 6.3) | kl: r - tau KL[pi || "
@@ -89,7 +89,7 @@ class Config(RunConfig):
     num_envs: int = option(16, "environments stepped side by side (B); a rollout is T x B transitions",
                            unit="environments", low=1, high=MAX_ENVS)
     num_steps: int = option(5, "the rollout's length T", unit="agent steps", low=1, high=10_000)
-    optimizer: str = option("rmsprop_tf", "rmsprop_tf: TensorFlow's (baselines'), softq.rl.optim | rmsprop_torch",
+    optimizer: str = option("rmsprop_tf", "rmsprop_tf: TensorFlow's (baselines'), softq.rl.parts.optim | rmsprop_torch",
                             choices=OPTIMIZERS)
     lr: float = option(7e-4, "the learning rate at the start of the schedule", low=0, low_open=True)
     lr_schedule: str = option("linear", "linear: to 0 at schedule_frames (baselines' a2c.learn) | constant "
@@ -108,7 +108,7 @@ class Config(RunConfig):
     env_backend: str = option("ale", "ale (ale-py's C++ vector env) | gymnasium (AsyncVectorEnv + wrappers; Atari "
                               "only)", choices=("ale", "gymnasium"), group=CONTROL)
     agreement_every: int = option(0, "how often proper and soft_q are compared on the update's batch (agreement.csv, "
-                                  "softq.rl.compare; a measurement only, the run is unchanged); 0: off",
+                                  "softq.rl.agents.compare; a measurement only, the run is unchanged); 0: off",
                                   unit="updates", low=0, control=True, group=CONTROL)
 
     def validate(self) -> None:
@@ -352,7 +352,7 @@ class A2C:
 
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(log_pi [N, A], v [N])`` of the network on ``obs [N, ...]``, at the run's ``precision`` (the heads'
-        outputs are float32 either way: :class:`softq.rl.nets.ActorCritic`)."""
+        outputs are float32 either way: :class:`softq.rl.parts.nets.ActorCritic`)."""
         with self.autocast():
             return self.net(obs)
 
@@ -453,10 +453,10 @@ class A2C:
 
     def hooks(self) -> list:
         """With ``agreement_every``: the measurement of ``proper`` against ``soft_q`` on the batch of every
-        ``agreement_every``-th update (:class:`softq.rl.compare.AgreementHook`, ``agreement.csv``)."""
+        ``agreement_every``-th update (:class:`softq.rl.agents.compare.AgreementHook`, ``agreement.csv``)."""
         if not self.cfg.agreement_every:
             return []
-        from softq.rl.compare import AgreementHook
+        from softq.rl.agents.compare import AgreementHook
 
         return [AgreementHook(self.cfg.agreement_every)]
 
@@ -476,7 +476,7 @@ class A2C:
     def load_state_dict(self, state: dict[str, Any]) -> bool:
         """Restore :meth:`state_dict`. Returns whether the environments were restored too; when they were not
         (Atari) the games in progress are lost and the environments start fresh games, on the seeds of the next start
-        (:func:`softq.rl.envs.env_seeds`)."""
+        (:func:`softq.rl.parts.envs.env_seeds`)."""
         self.net.load_state_dict(state["net"])
         self.opt.load_state_dict(state["opt"])
         self.info["action_rng_restored"] = restore_generator(self.gen, state["gen"], state.get("gen_device", "cpu"))
@@ -486,6 +486,6 @@ class A2C:
         if self.env.load_state_dict(state["env"]):
             self.obs = state["obs"]
             return True
-        # fresh games on seeds no earlier start of this run (nor any other run) used: softq.rl.envs.env_seeds
+        # fresh games on seeds no earlier start of this run (nor any other run) used: softq.rl.parts.envs.env_seeds
         self.obs = self.env.reset(seed=self.cfg.seed, start=state["env"].get("start", 0) + 1)
         return False

@@ -1,4 +1,4 @@
-"""The optimizers of :mod:`softq.rl.a2c`: TensorFlow 1's RMSProp, which the paper's A2C used, and torch's.
+"""The optimizers of :mod:`softq.rl.agents.a2c`: TensorFlow 1's RMSProp, which the paper's A2C used, and torch's.
 
 The paper's A2C is OpenAI baselines' ``a2c`` (2017), trained with TensorFlow 1's
 ``tf.train.RMSPropOptimizer(learning_rate=lr, decay=alpha, epsilon=eps)`` (``alpha = 0.99``, ``eps = 1e-5``,
@@ -20,7 +20,7 @@ and, ``centered=True``, ``mg = alpha * mg + (1 - alpha) * g`` (from 0) and ``sqr
 ``stable_baselines3.common.sb2_compat.rmsprop_tf_like.RMSpropTFLike`` (the public reference). With momentum it
 follows TF1 (the learning rate enters the momentum buffer, ``mom += lr * g / ...``), which equals SB3's
 ``buf += g / ...; p -= lr * buf`` while ``lr`` is constant and differs under a schedule. :func:`make_optimizer`
-builds the optimizer an :class:`softq.rl.a2c.Config` names (``optimizer``: :data:`OPTIMIZERS`).
+builds the optimizer an :class:`softq.rl.agents.a2c.Config` names (``optimizer``: :data:`OPTIMIZERS`).
 """
 
 from __future__ import annotations
@@ -32,8 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["OPTIMIZERS", "RMSpropTF", "make_optimizer", "SILENT", "torch_over_tf_step", "gradient_report",
-           "checkpoint_gradient_report"]
+__all__ = ["OPTIMIZERS", "RMSpropTF", "make_optimizer", "SILENT", "torch_over_tf_step", "gradient_report"]
 
 #: Names :func:`make_optimizer` accepts: TF1's RMSProp (baselines' A2C, the paper's) and torch's.
 OPTIMIZERS = ("rmsprop_tf", "rmsprop_torch")
@@ -232,24 +231,3 @@ def gradient_report(names: list[str], square_avgs: list[Tensor], eps: float) -> 
             row.update(outputs=v.shape[0], dead_outputs=int((per_unit < SILENT).sum()))
         out.append(row)
     return out
-
-
-def checkpoint_gradient_report(path, eps: float | None = None) -> dict[str, Any]:
-    """:func:`gradient_report` of a :mod:`softq.rl.runs` A2C checkpoint (its network's parameter names, its
-    optimizer's ``square_avg``); ``eps`` defaults to the run's ``rms_eps``. Adds the run's update count."""
-    from softq.rl.folder import load_checkpoint
-
-    state = load_checkpoint(path)
-    agent, cfg = state["agent"], state["config"]
-    if cfg.get("algo", "a2c") != "a2c":
-        raise ValueError(f"{path}: an {cfg.get('algo')} checkpoint; the gradient report reads A2C's RMSProp state")
-    opt = agent["opt"]
-    ids = [i for group in opt["param_groups"] for i in group["params"]]
-    names = [k for k, t in agent["net"].items() if t.is_floating_point()][: len(ids)]
-    missing = [i for i in ids if "square_avg" not in opt["state"].get(i, {})]
-    if missing or len(names) != len(ids):
-        raise ValueError(f"{path}: the optimizer state has no square_avg for every parameter (or the names do not "
-                         "match); was the run updated at least once?")
-    return {"updates": agent["updates"], "optimizer": cfg.get("optimizer"), "rms_eps": cfg.get("rms_eps"),
-            "layers": gradient_report(names, [opt["state"][i]["square_avg"] for i in ids],
-                                      cfg.get("rms_eps", 1e-5) if eps is None else eps)}

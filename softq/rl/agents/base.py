@@ -1,5 +1,6 @@
 """What every algorithm of :mod:`softq.rl` shares: the :class:`Agent` interface that the training loop
-(:mod:`softq.rl.runs`) drives, the :class:`RunConfig` base of the algorithms' configs, the registry of algorithms
+(:mod:`softq.rl.experiments.loop`) drives, the :class:`RunConfig` base of the algorithms' configs, the registry of
+algorithms
 (:func:`algorithm`), and the small parts both agents use (precisions, threads, random state, the non-finite stop).
 
 Adding an algorithm means a module with a ``Config`` (a dataclass deriving from :class:`RunConfig`) and an agent class
@@ -21,6 +22,7 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 import torch
 
 from softq import config as softq_config
+from softq.regularized import Backup, as_backup
 
 #: The numeric precisions of a run's network: float32, or bf16 autocast (the losses stay float32).
 PRECISIONS = ("fp32", "bf16")
@@ -41,7 +43,7 @@ def auto_torch_threads(env: str, device: torch.device, cores: int | None = None)
     without it, 572-627 with it): when torch was imported before :mod:`softq.rl` with libgomp's default, half the
     cores are used.
     """
-    from softq.rl.envs import CLASSIC_ENVS
+    from softq.rl.parts.envs import CLASSIC_ENVS
 
     if device.type != "cpu" or env in CLASSIC_ENVS:
         return 1
@@ -163,10 +165,11 @@ class RunConfig:
     #: Fields renamed since runs were recorded: ``{old name in config.json: field}`` (:meth:`upgrade`).
     RENAMED: ClassVar[dict[str, str]] = {}
 
-    algo: str = option("", "the algorithm: a2c (softq.rl.a2c.Config) | dqn (softq.rl.dqn.Config)", group=RUN)
+    algo: str = option("", "the algorithm: a2c (softq.rl.agents.a2c.Config) | dqn (softq.rl.agents.dqn.Config)",
+    group=RUN)
     env: str = option("PongNoFrameskip-v4", "an Atari game (any ale-py ROM) or a classic-control id, e.g. "
                       "CartPole-v1", group=RUN)
-    seed: int = option(0, "the run's seed: torch, numpy and the environments' seeds (softq.rl.envs.env_seeds)",
+    seed: int = option(0, "the run's seed: torch, numpy and the environments' seeds (softq.rl.parts.envs.env_seeds)",
                        low=0, high=2**31 - 1, group=RUN)
     frames: int = option(10_000_000, "where the run stops", unit="emulator frames (4 per agent step on Atari)",
                          low=1, high=MAX_FRAMES, group=RUN)
@@ -177,7 +180,7 @@ class RunConfig:
     device: str = option("auto", "auto (CUDA if present) | cpu | cuda | cuda:1", control=True, group=CONTROL)
     env_threads: int = option(0, "the emulators' threads; 0: min(num_envs, cores)", low=0, high=MAX_ENVS,
                               control=True, group=CONTROL)
-    torch_threads: int = option(0, "torch's intra-op threads; 0: softq.rl.agent.auto_torch_threads", low=0,
+    torch_threads: int = option(0, "torch's intra-op threads; 0: softq.rl.agents.base.auto_torch_threads", low=0,
                                 high=1024, control=True, group=CONTROL)
     log_every: int = option(100, "how often progress.csv gets a row", unit="updates", low=1, group=CONTROL)
     checkpoint_minutes: float = option(5.0, "time between checkpoints (0: only by count and at the end)",
@@ -193,7 +196,7 @@ class RunConfig:
         for name, (f, opt) in options(type(self)).items():
             if not opt.admits(field_type(f), getattr(self, name)):
                 raise self.bad(name, f"must be {opt.describe(field_type(f))}")
-        from softq.rl.envs import CLASSIC_ENVS, is_atari
+        from softq.rl.parts.envs import CLASSIC_ENVS, is_atari
 
         if self.env not in CLASSIC_ENVS:
             is_atari(self.env)  # ValueError naming an unknown game
@@ -242,7 +245,7 @@ class RunConfig:
 
 @runtime_checkable
 class Agent(Protocol):
-    """What the training loop (:func:`softq.rl.runs.train`) needs of an agent.
+    """What the training loop (:func:`softq.rl.experiments.loop.train`) needs of an agent.
 
     ``step`` does one update's worth of acting and learning (``frames_per_update`` emulator frames) and returns the
     statistics named in ``columns``; the loop adds ``frames``, ``updates``, ``episodes``, the scores and the timing.
@@ -318,8 +321,8 @@ class Algorithm:
 
 #: Every algorithm the package trains, by the name ``--algo`` takes.
 ALGORITHMS: dict[str, Algorithm] = {
-    "a2c": Algorithm("a2c", "softq.rl.a2c", agent_name="A2C"),
-    "dqn": Algorithm("dqn", "softq.rl.dqn", agent_name="DQN"),
+    "a2c": Algorithm("a2c", "softq.rl.agents.a2c", agent_name="A2C"),
+    "dqn": Algorithm("dqn", "softq.rl.agents.dqn", agent_name="DQN"),
 }
 
 
@@ -344,3 +347,13 @@ def read_config(d: Mapping[str, Any], source: str | Path = "config") -> RunConfi
         return algorithm(d.get("algo", "a2c")).config.from_dict(d)
     except (TypeError, ValueError) as e:
         raise ValueError(f"{source}: {e}") from None
+
+
+def variant_name(backup: str, tau: float, n_step: int) -> str:
+    """A DQN variant's name in the results layout and in every figure (``softq.rl.agents.dqn.Config.rule``): the backup,
+    its
+    temperature unless it is ``hard``, and the lookahead unless it is 1: ``hard``, ``soft_ent_tau0.1``,
+    ``soft_kl_tau0.01_n5``, ``hard_n5``."""
+    backup = as_backup(backup)
+    name = backup.value if backup == Backup.HARD else f"{backup.value}_tau{tau:g}"
+    return name if n_step == 1 else f"{name}_n{n_step}"
