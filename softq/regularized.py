@@ -409,8 +409,7 @@ class Backup(enum.StrEnum):
     """The backups of eqs (81)-(83): standard, soft with a KL penalty against uniform, soft with an entropy bonus.
 
     One name from the command line (``--backup``, :class:`softq.rl.agents.dqn.Config`'s ``backup``) to the functions
-    below;
-    a member is its string (``Backup.SOFT_KL == "soft_kl"``), so configs and logs hold plain strings.
+    below; a member is its string (``Backup.SOFT_KL == "soft_kl"``), so configs and logs hold plain strings.
     """
 
     HARD = "hard"

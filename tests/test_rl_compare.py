@@ -111,8 +111,8 @@ def test_score_gradients_match_autograd(agent_batch):
 
 def test_training_with_agreement_every_measures_without_changing_the_run(tmp_path):
     """``agreement_every`` in :func:`softq.rl.experiments.loop.train` writes a row of agreement.csv before every k-th
-    update,
-    leaves the run unchanged (log and weights, against an unmeasured run and a hand-stepped agent), and a paused +
+    update, leaves the run unchanged (log and weights, against an unmeasured run and a hand-stepped agent), and a paused
+    +
     resumed run writes the same file."""
     from softq.rl.experiments.loop import _train, train
 

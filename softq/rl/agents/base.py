@@ -1,7 +1,7 @@
 """What every algorithm of :mod:`softq.rl` shares: the :class:`Agent` interface that the training loop
 (:mod:`softq.rl.experiments.loop`) drives, the :class:`RunConfig` base of the algorithms' configs, the registry of
-algorithms
-(:func:`algorithm`), and the small parts both agents use (precisions, threads, random state, the non-finite stop).
+algorithms (:func:`algorithm`), and the small parts both agents use (precisions, threads, random state, the non-finite
+stop).
 
 Adding an algorithm means a module with a ``Config`` (a dataclass deriving from :class:`RunConfig`) and an agent class
 that satisfies :class:`Agent`, and one line in :data:`ALGORITHMS`. The loop, the run folder, resume, the grid, the
@@ -351,8 +351,7 @@ def read_config(d: Mapping[str, Any], source: str | Path = "config") -> RunConfi
 
 def variant_name(backup: str, tau: float, n_step: int) -> str:
     """A DQN variant's name in the results layout and in every figure (``softq.rl.agents.dqn.Config.rule``): the backup,
-    its
-    temperature unless it is ``hard``, and the lookahead unless it is 1: ``hard``, ``soft_ent_tau0.1``,
+    its temperature unless it is ``hard``, and the lookahead unless it is 1: ``hard``, ``soft_ent_tau0.1``,
     ``soft_kl_tau0.01_n5``, ``hard_n5``."""
     backup = as_backup(backup)
     name = backup.value if backup == Backup.HARD else f"{backup.value}_tau{tau:g}"

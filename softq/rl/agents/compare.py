@@ -17,8 +17,8 @@ one rollout, ``T = num_steps`` steps of ``B = num_envs`` environments (:class:`B
 :func:`compare_rules` puts the rules side by side on one batch (cosine, norm ratio, and the expected-gradient
 residual); :func:`agreement_row` does it on the batch a training agent is about to update on, without changing the run
 (no random numbers are drawn, no ``.grad`` is touched): :func:`softq.rl.experiments.loop.train` with
-``agreement_every=k`` writes
-one row before every ``k``-th update to ``agreement.csv``, which :func:`read_agreement` reads.
+``agreement_every=k`` writes one row before every ``k``-th update to ``agreement.csv``, which :func:`read_agreement`
+reads.
 Chapter 6 (eqs 79-80) and chapter 8 (eqs 84-86) are built on these functions.
 """
 
@@ -296,8 +296,7 @@ def agreement_cells(row: dict[str, float]) -> list[str]:
 @dataclass(frozen=True)
 class AgreementHook:
     """A2C's measurement hook (:class:`softq.rl.agents.base.Hook`): :func:`agreement_row` before every ``every``-th
-    update,
-    into ``agreement.csv``."""
+    update, into ``agreement.csv``."""
 
     every: int
     file: str = "agreement.csv"

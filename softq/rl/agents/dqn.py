@@ -53,8 +53,8 @@ backward under bf16 autocast (:meth:`DQN.q_values`; the 3136 -> 512 layer, the h
 float32).
 
 Checkpoints (:mod:`softq.rl.experiments.loop`). A replay of at most ``checkpoint_replay_mb`` MiB (classic control) is
-saved in
-the checkpoint together with the environments, so a CPU run resumes bit for bit. A larger one (Atari: 7 GB per 1M
+saved in the checkpoint together with the environments, so a CPU run resumes bit for bit. A larger one (Atari: 7 GB per
+1M
 transitions; ale-py's emulators cannot be saved either) is **not** saved: resume starts fresh games with an empty
 replay, collects ``learning_starts`` new steps with the current network and epsilon before training again, and
 records ``"replay_restored": false`` in ``config.json`` ("starts").
@@ -127,8 +127,7 @@ COLUMNS = ("frames", "updates", "grad_steps", "episodes", "score_mean100", "scor
 @dataclass
 class Config(RunConfig):
     """Every setting of a DQN run: the fields every algorithm has (:class:`softq.rl.agents.base.RunConfig`) and DQN's
-    own.
-    Defaults: CleanRL's dqn_atari (module docstring). Bad values raise ValueError naming the field."""
+    own. Defaults: CleanRL's dqn_atari (module docstring). Bad values raise ValueError naming the field."""
 
     ALGO: ClassVar[str] = "dqn"
     #: ``config.json``'s older names of fields: ``target`` (until the backup got one name) is ``backup``.
@@ -399,8 +398,7 @@ class DQN:
 
     def target_and_bootstrap_q(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
         """``(y [N], q_boot [N, A])``: the fixed targets of a :class:`softq.rl.parts.replay.Batch`, eqs (81)-(83),
-        n-step
-        eq (46), from the target network (:func:`softq.regularized.q_learning_target`), and the target network's
+        n-step eq (46), from the target network (:func:`softq.regularized.q_learning_target`), and the target network's
         ``Qbar(s', .)`` at the next state each target bootstraps from (:func:`bootstrap_index`; a diagnostic: its
         rows after a terminal step enter no target). Call under ``torch.no_grad()``.
 

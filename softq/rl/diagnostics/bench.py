@@ -43,7 +43,7 @@ from softq.rl.agents import dqn
 from softq.rl.agents.a2c import A2C, Config
 from softq.rl.agents.base import MAX_FRAMES
 from softq.rl.diagnostics.graph_check import compare_update_paths
-from softq.rl.experiments.provenance import machine, versions
+from softq.rl.experiments.provenance import CHECKOUT, machine, versions
 from softq.rl.parts.envs import make_env
 
 
@@ -189,14 +189,16 @@ def _graph_check(game: str, device: str, threads: int) -> dict[str, Any] | str:
 
 _MEASURE = """
 import json, sys
-from softq.rl.diagnostics import bench
+try:
+    from softq.rl.agents import a2c, dqn
+    from softq.rl.diagnostics import bench
+except ImportError:  # a checkout from before softq.rl's layers
+    from softq.rl import a2c, bench, dqn
 algo, kwargs, seconds = sys.argv[1], json.loads(sys.argv[2]), float(sys.argv[3])
 if algo == "a2c":
-    from softq.rl.agents.a2c import Config
-    print(json.dumps(bench._time_a2c(Config(**kwargs), seconds)))
+    print(json.dumps(bench._time_a2c(a2c.Config(**kwargs), seconds)))
 else:
-    from softq.rl.agents.dqn import Config
-    print(json.dumps(bench._time_dqn(Config(**kwargs), seconds)))
+    print(json.dumps(bench._time_dqn(dqn.Config(**kwargs), seconds)))
 """
 
 #: What :func:`side_by_side` measures: (label, tree, algo, Config fields beyond the common ones).
@@ -218,9 +220,9 @@ def side_by_side(old_root: str | Path, reps: int = 3, seconds: float = 15.0, gam
     every repetition. A2C: rule ``proper``, ``num_envs`` envs; DQN: ``hard``, 1-step, ``dqn_num_envs`` envs, after
     learning starts (as in :func:`run_bench`). This machine's speed drifts by 20% from minute to minute, so only
     figures measured side by side in one run are compared."""
-    roots = {"old": Path(old_root).resolve(), "new": Path(__file__).resolve().parents[2]}
-    if not (roots["old"] / "softq" / "rl" / "bench.py").exists():
-        raise ValueError(f"old_root must be a checkout of softq (no softq/rl/diagnostics/bench.py under {old_root!r})")
+    roots = {"old": Path(old_root).resolve(), "new": CHECKOUT}
+    if not (roots["old"] / "softq" / "rl" / "__main__.py").exists():
+        raise ValueError(f"old_root must be a checkout of softq (no softq/rl/__main__.py under {old_root!r})")
     threads = min(num_envs, softq_config.cores())
     common = {
         "a2c": {"env": game, "rule": "proper", "frames": MAX_FRAMES, "num_envs": num_envs, "env_threads": threads,

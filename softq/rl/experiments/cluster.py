@@ -1,14 +1,13 @@
 """The grid on a cluster: each run a Ray task with its resource request, and the plan's cost before it starts.
 
 ``python -m softq.rl train ... --fill --launcher ray --ray-address ADDRESS`` runs what
-:func:`softq.rl.experiments.grid.plan`
-says is missing of a grid on whatever Ray cluster ``ray.init(address=ADDRESS)`` reaches (``local``: a cluster in
+:func:`softq.rl.experiments.grid.plan` says is missing of a grid on whatever Ray cluster ``ray.init(address=ADDRESS)``
+reaches (``local``: a cluster in
 this process, for a try). Each run is one Ray task that asks for ``cpus`` CPUs (its environments and torch threads,
 :func:`softq.rl.experiments.launch.split_threads`) and ``gpus`` GPUs (a fraction shares one). The task itself plans its
-folder
-again when it starts (:func:`softq.rl.experiments.grid.plan_run`), so a task that Ray retries after its worker died
-resumes
-from the run's last checkpoint instead of starting over, and a finished run is never trained twice.
+folder again when it starts (:func:`softq.rl.experiments.grid.plan_run`), so a task that Ray retries after its worker
+died
+resumes from the run's last checkpoint instead of starting over, and a finished run is never trained twice.
 
 Storage: the task writes the usual ``results/<experiment>/<rule>/seed<k>/`` layout at the path the driver gives,
 so the cluster's nodes must share the results folder (NFS, a cluster file system; on one machine, trivially).

@@ -11,8 +11,7 @@ writes, of its lock and of clearing a partial run.
 =================  =================================================================================================
 
 Everything that reads or writes a run folder (:mod:`softq.rl.experiments.loop`, :mod:`softq.rl.experiments.grid`,
-:mod:`softq.rl.experiments.cluster`,
-the command line, :mod:`softq.book.plots`) goes through :class:`RunFolder`.
+:mod:`softq.rl.experiments.cluster`, the command line, :mod:`softq.book.plots`) goes through :class:`RunFolder`.
 """
 
 from __future__ import annotations

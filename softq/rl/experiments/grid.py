@@ -17,10 +17,8 @@ anything, what :func:`fill` will do with it:
 
 A folder whose ``config.json`` or checkpoint holds *another* config (other than in the run-control fields
 :data:`softq.rl.experiments.loop.RUN_CONTROL`) is an error naming the fields: a grid never mixes two configurations
-under one
-name. :func:`fill` runs the ``resume``, ``start`` and ``restart`` entries with
-:func:`softq.rl.experiments.launch.launch` and
-returns the number that failed; a failing run does not stop the others.
+under one name. :func:`fill` runs the ``resume``, ``start`` and ``restart`` entries with
+:func:`softq.rl.experiments.launch.launch` and returns the number that failed; a failing run does not stop the others.
 """
 
 from __future__ import annotations

@@ -15,10 +15,9 @@ Layout (what plotting code reads)::
 ``<experiment>`` defaults to ``<algo>-<env>``; ``<rule>`` is A2C's rule or DQN's variant (``hard``,
 ``soft_ent_tau0.1_n5``, ...: :attr:`softq.rl.agents.dqn.Config.rule`). A DQN run logs the columns of
 :data:`softq.rl.agents.dqn.COLUMNS` (its ``updates`` are vector steps) and records in each "starts" entry whether its
-replay
-was restored (``replay_restored``; see :mod:`softq.rl.agents.dqn`: an Atari-sized replay is not saved, resume refills
-it).
-A run that stops early loses at most its last checkpoint interval (``checkpoint_minutes``, default 5).
+replay was restored (``replay_restored``; see :mod:`softq.rl.agents.dqn`: an Atari-sized replay is not saved, resume
+refills
+it). A run that stops early loses at most its last checkpoint interval (``checkpoint_minutes``, default 5).
 
 Resume. ``--resume`` loads ``checkpoint.pt``, truncates ``progress.csv`` to the rows written before it, and goes on.
 On CPU with classic control the checkpoint holds the network, optimizer, the torch / numpy / sampling random states,

@@ -12,7 +12,10 @@ from typing import Any
 
 import torch
 
-__all__ = ["versions", "machine"]
+__all__ = ["versions", "machine", "CHECKOUT"]
+
+#: The softq checkout this module runs from (``softq/rl/experiments/provenance.py`` is three levels below it).
+CHECKOUT = Path(__file__).resolve().parents[3]
 
 
 def versions() -> dict[str, str]:
@@ -30,7 +33,7 @@ def versions() -> dict[str, str]:
 
 def _git_commit() -> str | None:
     """The commit of the softq checkout that runs (``+dirty`` when softq/ has uncommitted changes), or None."""
-    root = Path(__file__).resolve().parents[2]
+    root = CHECKOUT
     try:
         head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"], capture_output=True,
                               text=True, timeout=10)
