@@ -9,8 +9,9 @@ sizes of the networks, the seeds and the Monte Carlo sizes (capped, so that a dr
 - ``make test``: ``SOFTQ_SWEEP_DRAWS`` (default 5) draws per chapter, derandomized (a fixed seed: CI is
   reproducible); a failure shrinks to a small instance and names it, as any hypothesis test does.
 - ``make sweep``: ``SOFTQ_SWEEP_DRAWS=200``, random draws; every draw runs (a failing one is recorded, not shrunk),
-  the failures are printed with their instances at the end, and ``SOFTQ_SWEEP_OUT`` (``results/sweep/last.json``)
-  receives the draws, failures, machine and duration.
+  a failure is printed with its instance at once and again at the end, and ``SOFTQ_SWEEP_OUT``
+  (``results/sweep/last.json``) receives each chapter's draws, failures and time, with the commit, machine and date
+  of its run. ``make sweep CHAPTERS="03 05"`` runs some chapters and replaces only their records.
 
 Float parameters are drawn on a grid of 1e-3 (``gamma=0.702``), so that a printed instance is the instance. An
 instance that once failed stays here as an ``@example``, with the reason in a comment.
@@ -18,12 +19,12 @@ instance that once failed stays here as an ``@example``, with the reason in a co
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import math
 import os
 import platform
-import sys
 import time
 import traceback
 from dataclasses import asdict, dataclass, replace
@@ -126,12 +127,27 @@ def _run(chapter: str, fn, x: Instance) -> None:
                 "where": f"{Path(here[-1].filename).name}:{here[-1].lineno}: {here[-1].line}"}
         rec["failures"].append(fail)
         # at once, past pytest's capture: a sweep stopped early still names what failed
-        print(f"\nsweep: chapter {chapter} failed on {x}\n  {fail['error']} ({fail['where']})", file=sys.__stderr__,
-              flush=True)
+        _say(f"sweep: chapter {chapter} failed on {x}\n  {fail['error']} ({fail['where']})")
     finally:
         torch.set_default_dtype(dtype)
         torch.set_num_threads(threads)
         rec["seconds"] += time.perf_counter() - start
+
+
+_CAPTURE: list = []   # pytest's capture manager, set by the fixture below: _say prints past it
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _capture_manager(pytestconfig):
+    _CAPTURE[:] = [pytestconfig.pluginmanager.getplugin("capturemanager")]
+    yield
+
+
+def _say(text: str) -> None:
+    """Print ``text`` now, on the terminal, whatever pytest captures (``capsys.disabled`` does the same)."""
+    capman = _CAPTURE[0] if _CAPTURE else None
+    with capman.global_and_fixture_disabled() if capman else contextlib.nullcontext():
+        print("\n" + text, flush=True)
 
 
 def _failures(chapter: str) -> str:
@@ -139,29 +155,65 @@ def _failures(chapter: str) -> str:
     return "\n".join(f"  {Instance(**f['instance'])}\n    {f['error']} ({f['where']})" for f in fails)
 
 
+def _commit() -> str | None:
+    """This checkout's commit, ``+dirty`` when softq/ or tests/ differ from it (what a sweep's result holds for)."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"], capture_output=True,
+                              text=True, timeout=10)
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--", "softq", "tests"],
+                               capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "") if head.returncode == 0 else None
+
+
+def merge_result(old: dict | None, chapters: dict[str, dict], run: dict) -> dict:
+    """The sweep's record after a run of some chapters: ``old``'s chapters, those run now replaced (each keeps the
+    run it came from: date, commit, machine, draws per chapter), and the totals over all of them."""
+    kept = dict(old.get("chapters", {})) if old else {}
+    for name, rec in chapters.items():
+        kept[name] = {**{k: v for k, v in rec.items() if k != "seen"}, "seconds": round(rec["seconds"], 1), **run}
+    kept = dict(sorted(kept.items()))
+    return {"what": "make sweep: tests/test_sweep.py, chapters 1-5 and 9 on random instances of a reader's parameters; "
+                    "each chapter's record says when, at which commit and on which machine it ran",
+            "draws": sum(r["draws"] for r in kept.values()),          # distinct instances, explicit examples included
+            "failures": sum(len(r["failures"]) for r in kept.values()),
+            "chapters": kept}
+
+
+def test_merge_result_replaces_only_the_chapters_run():
+    run_a, run_b = {"commit": "a", "draws_per_chapter": 200}, {"commit": "b", "draws_per_chapter": 200}
+    first = merge_result(None, {"01": {"draws": 200, "failures": [{"x": 1}], "seconds": 1.04, "seen": {1}},
+                                "03": {"draws": 201, "failures": [], "seconds": 2.0}}, run_a)
+    assert first["draws"] == 401 and first["failures"] == 1 and "seen" not in first["chapters"]["01"]
+    second = merge_result(first, {"01": {"draws": 200, "failures": [], "seconds": 3.0}}, run_b)
+    assert second["draws"] == 401 and second["failures"] == 0
+    assert second["chapters"]["01"]["commit"] == "b" and second["chapters"]["03"]["commit"] == "a"
+    assert list(second["chapters"]) == ["01", "03"]
+
+
 @pytest.fixture(scope="module", autouse=True)
 def _write_result():
     yield
-    if not SWEEP:
+    if not SWEEP or not RESULTS:
         return
-    doc = {
-        "what": "make sweep: tests/test_sweep.py, chapters 1-5 and 9 on random instances of a reader's parameters",
-        "draws_per_chapter": DRAWS,
-        "draws": sum(r["draws"] for r in RESULTS.values()),     # distinct instances, explicit examples included
-        "failures": sum(len(r["failures"]) for r in RESULTS.values()),
-        "chapters": RESULTS,
-        "machine": {"node": platform.node(), "system": platform.platform(), "processor": platform.processor(),
-                    "cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__},
-        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "duration_s": round(time.time() - STARTED, 1),
-    }
-    for r in RESULTS.values():
-        r["seconds"] = round(r["seconds"], 1)
-        r.pop("seen", None)
+    run = {"draws_per_chapter": DRAWS, "commit": _commit(), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+           "machine": {"node": platform.node(), "system": platform.platform(), "processor": platform.processor(),
+                       "cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__}}
     path = Path(OUT)
+    old = json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+    doc = merge_result(old, RESULTS, run)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
-    print(f"\nsweep: {doc['draws']} draws, {doc['failures']} failures, {doc['duration_s']} s -> {path}")
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+    tmp.replace(path)
+    now = {k: RESULTS[k] for k in sorted(RESULTS)}
+    _say(f"sweep: chapters {', '.join(now)}: {sum(r['draws'] for r in now.values())} draws, "
+          f"{sum(len(r['failures']) for r in now.values())} failures, {round(time.time() - STARTED, 1)} s -> {path} "
+          f"({doc['draws']} draws, {doc['failures']} failures over its {len(doc['chapters'])} chapters)")
 
 
 def _sweep(chapter: str, fn, strategy, examples=()):
