@@ -562,8 +562,13 @@ def central_difference(f: Callable[[torch.Tensor], torch.Tensor], theta: torch.T
     that of ``e``. So ``m = max_i |fourth difference_i|`` is a few times ``e``'s spread, and ``m / h`` bounds the
     rounding of ``D(h)`` with room to spare.
 
-    The bound returned is ``|D(2h) - D(h)| + m / h``. A check ``|autograd - D(h)| <= error`` then fails for a
-    wrong gradient whenever the wrong part exceeds the function's curvature at scale ``h`` and its rounding.
+    The bound returned is ``|D(2h) - D(h)| + m / h + eps (max |f| / h + 16 max_i |D(h)_i|)``. The last terms are
+    floors for where the evaluations agree exactly (``m = 0``, ``D(2h) = D(h)``): a change of ``f`` below one ulp
+    cannot be seen, so ``D(h)`` resolves nothing finer than ``eps |f| / h`` (a saturated Boltzmann policy's KL is
+    flat in float64 while autograd still returns a gradient of 1e-17), and the gradient it is compared with carries
+    its own rounding, a few ulps of the vector's size.
+    A check ``|autograd - D(h)| <= error`` then fails for a wrong gradient whenever the wrong part exceeds the
+    function's curvature at scale ``h`` and its rounding.
     """
     if not (isinstance(h, (int, float)) and 0 < h < 1):
         raise ValueError(f"h must be a step in (0, 1), got {h!r}")
@@ -575,4 +580,6 @@ def central_difference(f: Callable[[torch.Tensor], torch.Tensor], theta: torch.T
     d1 = (at[1] - at[-1]) / (2 * h)
     d2 = (at[2] - at[-2]) / (4 * h)
     fourth = at[-2] - 4 * at[-1] + 6 * f0 - 4 * at[1] + at[2]
-    return CentralDifference(value=d1, error=(d2 - d1).abs() + float(fourth.abs().max()) / h)
+    size = max(float(v.abs().max()) for v in (*at.values(), f0))
+    floor = torch.finfo(theta.dtype).eps * (size / h + 16 * float(d1.abs().max()))
+    return CentralDifference(value=d1, error=(d2 - d1).abs() + float(fourth.abs().max()) / h + floor)

@@ -170,6 +170,9 @@ def _commit() -> str | None:
     return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "") if head.returncode == 0 else None
 
 
+COMMIT = _commit() if SWEEP else None   # at import: the code this process runs, whatever is committed meanwhile
+
+
 def merge_result(old: dict | None, chapters: dict[str, dict], run: dict) -> dict:
     """The sweep's record after a run of some chapters: ``old``'s chapters, those run now replaced (each keeps the
     run it came from: date, commit, machine, draws per chapter), and the totals over all of them."""
@@ -200,7 +203,7 @@ def _write_result():
     yield
     if not SWEEP or not RESULTS:
         return
-    run = {"draws_per_chapter": DRAWS, "commit": _commit(), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    run = {"draws_per_chapter": DRAWS, "commit": COMMIT, "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
            "machine": {"node": platform.node(), "system": platform.platform(), "processor": platform.processor(),
                        "cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__}}
     path = Path(OUT)
@@ -356,6 +359,8 @@ test_chapter_01 = _sweep("01", ch01, instances(S=(1, 1)), examples=[
     (Instance(A=5, tau=1.0), "at tau = 1 the typed eq 11 is right: the erratum checks must not expect a failure"),
     (Instance(S=1, A=4, gamma=0.808, tau=0.05, n=2, seed=886, features=4, hidden=1, mc=2000),
      "eq 18's finite differences had a fixed tolerance 1e-8; at tau = 0.05 their O(h^2) error is 1.1e-7"),
+    (Instance(S=1, A=2, gamma=0.5, tau=0.05, n=3, seed=5, features=5, hidden=7, mc=18459),
+     "eq 18's bound was 0 where pi^B saturates (KL flat in float64, every difference 0); autograd says 2e-17"),
     (Instance(S=1, A=6, gamma=0.5, tau=0.05, n=4, seed=10000, features=4, hidden=4, mc=11264),
      "eq 21's sampled mean, checked within 5 standard errors, missed by 0.005: a peaked pi^B at tau = 0.05 makes "
      "its distribution far from Gaussian (now a Bernstein bound)"),
