@@ -344,7 +344,7 @@ class AffineEstimator:
           ``s = max_a |d[a] sigma(a)|``: ``t_2 = s sqrt(2 L / n)`` at ``delta / 2``.
 
         The sum ``t_1 + t_2`` holds with probability ``>= 1 - delta`` (a union bound). For a nearly Gaussian mean it
-        is about ``sqrt(2 log(4 / delta))`` standard errors: 6.7 at the default ``delta``.
+        is about ``sqrt(2 log(4 / delta))`` standard errors: 6.65 at the default ``delta``.
         """
         validate_count(n, "n")
         if not (isinstance(delta, float) and 0 < delta < 1):
