@@ -18,7 +18,7 @@ def test_the_recorded_commit_is_this_checkouts():
                           text=True, check=True).stdout.strip()
     dirty = subprocess.run(["git", "-C", str(CHECKOUT), "status", "--porcelain", "--", "softq"], capture_output=True,
                            text=True, check=True).stdout.strip()
-    assert provenance._git_commit() == head + ("+dirty" if dirty else "")
+    assert provenance.git_commit() == head + ("+dirty" if dirty else "")
 
 
 def test_the_checkout_is_found_from_the_modules_place():

@@ -59,6 +59,7 @@ from softq.regularized import (
     soft_value,
     td_errors,
 )
+from softq.rl.experiments.provenance import git_commit
 
 DRAWS = int(os.environ.get("SOFTQ_SWEEP_DRAWS", "5"))
 OUT = os.environ.get("SOFTQ_SWEEP_OUT")      # set by `make sweep`: record every draw, write the result there
@@ -155,22 +156,8 @@ def _failures(chapter: str) -> str:
     return "\n".join(f"  {Instance(**f['instance'])}\n    {f['error']} ({f['where']})" for f in fails)
 
 
-def _commit() -> str | None:
-    """This checkout's commit, ``+dirty`` when softq/ or tests/ differ from it (what a sweep's result holds for)."""
-    import subprocess
-
-    root = Path(__file__).resolve().parents[1]
-    try:
-        head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"], capture_output=True,
-                              text=True, timeout=10)
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--", "softq", "tests"],
-                               capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "") if head.returncode == 0 else None
-
-
-COMMIT = _commit() if SWEEP else None   # at import: the code this process runs, whatever is committed meanwhile
+#: at import: the code this process runs (softq/ and tests/), whatever is committed meanwhile
+COMMIT = git_commit(("softq", "tests")) if SWEEP else None
 
 
 def merge_result(old: dict | None, chapters: dict[str, dict], run: dict) -> dict:

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["versions", "machine", "CHECKOUT"]
+__all__ = ["versions", "machine", "git_commit", "CHECKOUT"]
 
 #: The softq checkout this module runs from (``softq/rl/experiments/provenance.py`` is three levels below it).
 CHECKOUT = Path(__file__).resolve().parents[3]
@@ -28,16 +28,17 @@ def versions() -> dict[str, str]:
 
     return {"python": platform.python_version(), "torch": torch.__version__, "gymnasium": gymnasium.__version__,
             "ale_py": ale_py.__version__, "numpy": numpy.__version__, "softq": softq.__version__,
-            "softq_commit": _git_commit()}
+            "softq_commit": git_commit()}
 
 
-def _git_commit() -> str | None:
-    """The commit of the softq checkout that runs (``+dirty`` when softq/ has uncommitted changes), or None."""
+def git_commit(paths: tuple[str, ...] = ("softq",)) -> str | None:
+    """The commit of the softq checkout that runs (``+dirty`` when ``paths`` of it have uncommitted changes), or
+    None outside a git checkout."""
     root = CHECKOUT
     try:
         head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"], capture_output=True,
                               text=True, timeout=10)
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--", "softq"],
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--", *paths],
                                capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return None
