@@ -53,10 +53,9 @@ backward under bf16 autocast (:meth:`DQN.q_values`; the 3136 -> 512 layer, the h
 float32).
 
 Checkpoints (:mod:`softq.rl.experiments.loop`). A replay of at most ``checkpoint_replay_mb`` MiB (classic control) is
-saved in the checkpoint together with the environments, so a CPU run resumes bit for bit. A larger one (Atari: 7 GB per
-1M
-transitions; ale-py's emulators cannot be saved either) is **not** saved: resume starts fresh games with an empty
-replay, collects ``learning_starts`` new steps with the current network and epsilon before training again, and
+saved in the checkpoint together with the environments, so a CPU run resumes bit for bit. A larger one (Atari: 7 GB
+per 1M transitions; ale-py's emulators cannot be saved either) is **not** saved: resume starts fresh games with an
+empty replay, collects ``learning_starts`` new steps with the current network and epsilon before training again, and
 records ``"replay_restored": false`` in ``config.json`` ("starts").
 """
 
