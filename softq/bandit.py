@@ -31,6 +31,7 @@ import torch
 from torch.func import grad, jacrev
 
 from softq.config import DTYPE, generator
+from softq.montecarlo import bernstein_radius
 from softq.regularized import (
     boltzmann_policy,
     kl,
@@ -339,7 +340,8 @@ class AffineEstimator:
 
         - the action part ``m[a]`` is bounded, ``|m[a] - mu| <= M`` over the actions ``pi`` can draw, with variance
           ``v``; Bernstein's inequality, ``P(|mean - mu| >= t) <= 2 exp(-n t^2 / (2 v + 2 M t / 3))``, solved for
-          ``t`` at ``delta / 2``: ``t_1 = (M L / 3 + sqrt((M L / 3)^2 + 2 n v L)) / n``, ``L = log(4 / delta)``;
+          ``t`` at ``delta / 2``: ``t_1 = (M L / 3 + sqrt((M L / 3)^2 + 2 n v L)) / n``, ``L = log(4 / delta)``
+          (``montecarlo.bernstein_radius``);
         - given the actions, the noise part's mean is Gaussian with variance at most ``s^2 / n``,
           ``s = max_a |d[a] sigma(a)|``: ``t_2 = s sqrt(2 L / n)`` at ``delta / 2``.
 
@@ -355,9 +357,7 @@ class AffineEstimator:
         M = (m[drawn] - mu).abs().amax(0)
         v = (pi @ (m - mu) ** 2).clamp_min(0)
         s = (self.d * bandit.sigma[:, None])[drawn].abs().amax(0)
-        L = math.log(4 / delta)
-        t1 = (M * L / 3 + torch.sqrt((M * L / 3) ** 2 + 2 * n * v * L)) / n
-        return t1 + s * math.sqrt(2 * L / n)
+        return bernstein_radius(v, M, n, delta / 2) + s * math.sqrt(2 * math.log(4 / delta) / n)
 
     def sample_mean(self, actions: torch.Tensor, rewards: torch.Tensor) -> torch.Tensor:
         """``(1/N) sum_i (c[a_i] + d[a_i] r_i)``; ``actions, rewards: [..., N]`` -> ``[..., P]``.

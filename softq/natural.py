@@ -56,6 +56,7 @@ __all__ = [
     "damped_target",
     "gauss_newton_step",
     "minimize_least_squares",
+    "NoMinimizerError",
     "second_order_step",
     "directional_derivatives",
     "series_coefficients",
@@ -347,6 +348,12 @@ def _accept(loss: Callable[[torch.Tensor], torch.Tensor], theta: torch.Tensor, v
     return new - value <= 1e-10 * abs(value) and float(jacrev(loss)(theta).norm()) <= 0.5 * grad_norm
 
 
+class NoMinimizerError(RuntimeError):
+    """:func:`minimize_least_squares` did not converge: along the Hessian's flattest directions the loss still
+    falls, so a minimizer is far from ``theta0``, or there is none (the infimum lies at infinity, as for a
+    saturating network asked for a target it can only approach)."""
+
+
 def minimize_least_squares(residual_fn: ResidualFn, theta0: torch.Tensor, weights: torch.Tensor | None = None, *,
                            tol: float = 1e-13, max_iter: int = 200) -> torch.Tensor:
     """A minimizer of ``L(theta) = 1/2 sum_i w_i r_i(theta)^2``, reached from ``theta0``: ``[P]``.
@@ -356,9 +363,10 @@ def minimize_least_squares(residual_fn: ResidualFn, theta0: torch.Tensor, weight
     minimum-norm where ``H`` is singular (flat directions, as for a table of logits). A step is taken when ``L`` does
     not increase beyond rounding (:func:`_accept`: within ``1e-10 |L|`` and halving the gradient). Stops when a step
     is shorter than ``tol (1 + |theta|)``: near a minimum with a positive-definite Hessian the undamped steps converge
-    quadratically, so the error left is far below ``tol``. Raises RuntimeError if ``max_iter`` steps do not get
-    there. (A nonlinear problem can have several minima; this is the one the damped Newton path from ``theta0``
-    finds, which for the small steps of this chapter is the one nearest ``theta0``.)
+    quadratically, so the error left is far below ``tol``. Raises :class:`NoMinimizerError` if ``max_iter`` steps do
+    not get there, with the loss, the last step, the gradient and the Hessian's spectrum. (A nonlinear problem can
+    have several minima; this is the one the damped Newton path from ``theta0`` finds, which for the small steps of
+    this chapter is the one nearest ``theta0``.)
     """
     theta = _theta(theta0, "theta0")
     r0 = _residuals(residual_fn, theta)
@@ -384,10 +392,10 @@ def minimize_least_squares(residual_fn: ResidualFn, theta0: torch.Tensor, weight
             return theta
         lam = 0.0 if lam <= 1e-10 * scale else lam / 10
     eig = torch.linalg.eigvalsh(hess)
-    raise RuntimeError(f"minimize_least_squares: no convergence in {max_iter} iterations (loss {value:.6g}, last step "
-                       f"{float(step.norm()):.3g}, gradient {float(grad_l.norm()):.3g}, |theta| "
-                       f"{float(theta.norm()):.3g}; the Hessian's eigenvalues from {float(eig[0]):.3g} to "
-                       f"{float(eig[-1]):.3g}: a minimizer far away, or none, along its flattest directions)")
+    raise NoMinimizerError(f"minimize_least_squares: no convergence in {max_iter} iterations (loss {value:.6g}, "
+                           f"last step {float(step.norm()):.3g}, gradient {float(grad_l.norm()):.3g}, |theta| "
+                           f"{float(theta.norm()):.3g}; the Hessian's eigenvalues from {float(eig[0]):.3g} to "
+                           f"{float(eig[-1]):.3g}: a minimizer far away, or none, along its flattest directions)")
 
 
 def second_order_step(fn: ResidualFn, theta: torch.Tensor, targets: torch.Tensor,

@@ -271,9 +271,9 @@ def test_series_coefficients_of_an_exact_two_term_series():
 def test_minimize_least_squares_says_why_it_stops_without_a_minimizer():
     """r(theta) = exp(-theta) has its infimum at infinity: the solver stops after max_iter with the loss, the
     step, the gradient and the Hessian's eigenvalues in the message."""
-    from softq.natural import minimize_least_squares
+    from softq.natural import NoMinimizerError, minimize_least_squares
 
-    with pytest.raises(RuntimeError, match=r"no convergence in 30 iterations \(loss .*Hessian's eigenvalues from"):
+    with pytest.raises(NoMinimizerError, match=r"no convergence in 30 iterations \(loss .*Hessian's eigenvalues from"):
         minimize_least_squares(lambda th: torch.exp(-th), torch.zeros(1, dtype=torch.float64), max_iter=30)
 
 
