@@ -12,7 +12,8 @@ sizes of the networks, the seeds and the Monte Carlo sizes (capped, so that a dr
   a chapter); every draw runs (a failing one is recorded, not shrunk),
   a failure is printed with its instance at once and again at the end, and ``SOFTQ_SWEEP_OUT``
   (``results/sweep/last.json``) receives each chapter's draws, failures and time, with the commit, machine and date
-  of its run. ``make sweep CHAPTERS="03 05"`` runs some chapters and replaces only their records.
+  of its run, and the README's chapter table its draws and failures. ``make sweep CHAPTERS="03 05"`` runs some
+  chapters and replaces only their records.
 
 Float parameters are drawn on a grid of 1e-3 (``gamma=0.702``), so that a printed instance is the instance. An
 instance that once failed stays here as an ``@example``, with the reason in a comment.
@@ -26,6 +27,7 @@ import json
 import math
 import os
 import platform
+import re
 import time
 import traceback
 from dataclasses import asdict, dataclass, replace
@@ -179,6 +181,20 @@ def merge_result(old: dict | None, chapters: dict[str, dict], run: dict) -> dict
             "chapters": kept}
 
 
+README = Path(__file__).resolve().parents[1] / "README.md"
+LAST = Path(__file__).resolve().parents[1] / "results" / "sweep" / "last.json"
+
+
+def readme_with_sweep(readme: str, doc: dict) -> str:
+    """``readme`` with the last cell (``sweep``) of each chapter row of its chapter table set from the sweep's record
+    ``doc`` (:func:`merge_result`): ``"204 draws, 0 failed"``, empty for a chapter the sweep does not run."""
+    def row(m: re.Match) -> str:
+        rec = doc["chapters"].get(m["num"])
+        cell = f" {rec['draws']} draws, {len(rec['failures'])} failed " if rec else " "
+        return f"{m['head']}|{cell}|"
+    return re.sub(r"^(?P<head>\| \[(?P<num>\d\d) [^\n]*?)\|[^|\n]*\|$", row, readme, flags=re.M)
+
+
 def test_merge_result_replaces_only_the_chapters_run():
     run_a, run_b = {"commit": "a", "draws_per_chapter": 200}, {"commit": "b", "draws_per_chapter": 200}
     first = merge_result(None, {"01": {"draws": 200, "failures": [{"x": 1}], "seconds": 1.04, "seen": {1}},
@@ -188,6 +204,16 @@ def test_merge_result_replaces_only_the_chapters_run():
     assert second["draws"] == 401 and second["failures"] == 0
     assert second["chapters"]["01"]["commit"] == "b" and second["chapters"]["03"]["commit"] == "a"
     assert list(second["chapters"]) == ["01", "03"]
+
+
+def test_the_readme_table_shows_the_last_sweep():
+    """The README's chapter table carries each chapter's draws and failures from ``results/sweep/last.json``
+    (``make sweep`` writes both)."""
+    readme = README.read_text(encoding="utf-8")
+    assert readme_with_sweep(readme, json.loads(LAST.read_text(encoding="utf-8"))) == readme, \
+        "README.md's sweep column differs from results/sweep/last.json"
+    doc = {"chapters": {"03": {"draws": 7, "failures": [{}]}}}
+    assert "| 7 draws, 1 failed |" in readme_with_sweep(readme, doc)       # the rewrite reaches the table
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -205,6 +231,8 @@ def _write_result():
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
     tmp.replace(path)
+    if path.resolve() == LAST:                      # the committed record: the README's table shows it
+        README.write_text(readme_with_sweep(README.read_text(encoding="utf-8"), doc), encoding="utf-8")
     now = {k: RESULTS[k] for k in sorted(RESULTS)}
     _say(f"sweep: chapters {', '.join(now)}: {sum(r['draws'] for r in now.values())} draws, "
           f"{sum(len(r['failures']) for r in now.values())} failures, {round(time.time() - STARTED, 1)} s -> {path} "
